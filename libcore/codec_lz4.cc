@@ -1,0 +1,57 @@
+// LZ4 block format: level 1 is the fast compressor, 2..12 LZ4-HC.  Both
+// produce the same format, so decompression does not know the level.
+#include <lz4.h>
+#include <lz4hc.h>
+
+#include <climits>
+
+#include "libcore/codec_internal.h"
+
+namespace insitu::codec_internal {
+namespace {
+
+class Lz4Codec final : public Codec {
+ public:
+  explicit Lz4Codec(int level) : level_(level) {}
+  CodecId id() const override { return CodecId::kLz4; }
+
+  size_t Compress(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) const override {
+    if (n > LZ4_MAX_INPUT_SIZE) return 0;
+    const int dst_cap = static_cast<int>(cap > INT_MAX ? INT_MAX : cap);
+    const auto* in = reinterpret_cast<const char*>(src);
+    auto* out = reinterpret_cast<char*>(dst);
+    // Both compressors return 0 when the output does not fit in dst_cap.
+    if (level_ <= 1) return LZ4_compress_default(in, out, static_cast<int>(n), dst_cap);
+    // The HC state is ~256 KiB: allocate it once per thread rather than
+    // letting LZ4_compress_HC() malloc it on every call.  operator new
+    // aligns it as LZ4 requires.
+    thread_local std::unique_ptr<char[]> state(new char[LZ4_sizeofStateHC()]);
+    return LZ4_compress_HC_extStateHC(state.get(), in, out, static_cast<int>(n), dst_cap, level_);
+  }
+
+  Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {
+    if (n > INT_MAX || out_len > INT_MAX) {
+      return Status::Corruption("lz4 payload is larger than LZ4 can address");
+    }
+    const int rc = LZ4_decompress_safe(reinterpret_cast<const char*>(src),
+                                       reinterpret_cast<char*>(dst), static_cast<int>(n),
+                                       static_cast<int>(out_len));
+    if (rc < 0 || static_cast<size_t>(rc) != out_len) {
+      return Status::Corruption("lz4 payload of " + std::to_string(n) + " bytes is malformed (" +
+                                (rc < 0 ? "decoder error " + std::to_string(rc)
+                                        : std::to_string(rc) + " of " + std::to_string(out_len) +
+                                              " bytes")) +
+                                ")");
+    }
+    return Status::OK();
+  }
+
+ private:
+  int level_;
+};
+
+}  // namespace
+
+std::unique_ptr<Codec> NewLz4Codec(int level) { return std::make_unique<Lz4Codec>(level); }
+
+}  // namespace insitu::codec_internal

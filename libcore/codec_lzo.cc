@@ -1,0 +1,77 @@
+// lzo1x-1 through liblzo2.
+//
+// lzo1x_1_compress() has no output bound: it needs the worst case
+// n + n/16 + 64 + 3 bytes of room, so output goes to a per-thread scratch
+// buffer unless the caller's buffer is already that large.
+#include <lzo/lzo1x.h>
+
+#include <cstring>
+#include <vector>
+
+#include "libcore/codec_internal.h"
+
+namespace insitu::codec_internal {
+namespace {
+
+size_t WorstCase(size_t n) { return n + n / 16 + 64 + 3; }
+
+// Per-thread state: the compressor's dictionary and the overflow output.
+// Vectors allocate through operator new, which aligns for lzo_align_t.
+struct LzoScratch {
+  std::vector<uint8_t> work = std::vector<uint8_t>(LZO1X_1_MEM_COMPRESS);
+  std::vector<uint8_t> out;
+};
+
+LzoScratch& ThreadScratch() {
+  thread_local LzoScratch scratch;
+  return scratch;
+}
+
+class LzoCodec final : public Codec {
+ public:
+  CodecId id() const override { return CodecId::kLzo; }
+
+  size_t Compress(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) const override {
+    LzoScratch& s = ThreadScratch();
+    uint8_t* out = dst;
+    if (cap < WorstCase(n)) {
+      if (s.out.size() < WorstCase(n)) s.out.resize(WorstCase(n));
+      out = s.out.data();
+    }
+    lzo_uint out_len = 0;
+    if (lzo1x_1_compress(src, n, out, &out_len, s.work.data()) != LZO_E_OK || out_len > cap) {
+      return 0;
+    }
+    if (out != dst) std::memcpy(dst, out, out_len);
+    return out_len;
+  }
+
+  Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {
+    // The _safe decoder bounds-checks both buffers; dst_len is the capacity
+    // on the way in and the produced length on the way out.
+    lzo_uint produced = out_len;
+    const int rc = lzo1x_decompress_safe(src, n, dst, &produced, nullptr);
+    if (rc != LZO_E_OK || produced != out_len) {
+      return Status::Corruption("lzo payload of " + std::to_string(n) +
+                                " bytes is malformed (decoder status " + std::to_string(rc) +
+                                ", " + std::to_string(produced) + " of " +
+                                std::to_string(out_len) + " bytes)");
+    }
+    return Status::OK();
+  }
+};
+
+}  // namespace
+
+Status NewLzoCodec(std::unique_ptr<Codec>* out) {
+  // lzo_init() checks the library's ABI against this build; once suffices.
+  static const int init_rc = lzo_init();
+  if (init_rc != LZO_E_OK) {
+    return Status::NotSupported("liblzo2 failed to initialize (lzo_init returned " +
+                                std::to_string(init_rc) + "); the library does not match this build");
+  }
+  *out = std::make_unique<LzoCodec>();
+  return Status::OK();
+}
+
+}  // namespace insitu::codec_internal

@@ -1,0 +1,122 @@
+// zlib as a raw deflate stream (no zlib header or adler32: the payload
+// carries its own crc32c).
+//
+// z_stream setup allocates ~256 KiB, so each thread keeps one deflate and one
+// inflate stream and resets them between calls.  The deflate stream is built
+// for one level; a codec of another level on the same thread rebuilds it.
+#include <zlib.h>
+
+#include <climits>
+
+#include "libcore/codec_internal.h"
+
+namespace insitu::codec_internal {
+namespace {
+
+// Raw deflate, 32 KiB window.
+constexpr int kWindowBits = -15;
+constexpr int kMemLevel = 8;
+
+class Deflater {
+ public:
+  Deflater() = default;
+  Deflater(const Deflater&) = delete;
+  Deflater& operator=(const Deflater&) = delete;
+  ~Deflater() { Drop(); }
+
+  // A stream ready for new input at `level`, or nullptr if zlib could not
+  // allocate one.
+  z_stream* Get(int level) {
+    if (level_ == level && deflateReset(&zs_) == Z_OK) return &zs_;
+    Drop();
+    zs_ = z_stream{};
+    if (deflateInit2(&zs_, level, Z_DEFLATED, kWindowBits, kMemLevel, Z_DEFAULT_STRATEGY) != Z_OK) {
+      return nullptr;
+    }
+    level_ = level;
+    return &zs_;
+  }
+
+ private:
+  void Drop() {
+    if (level_ != 0) deflateEnd(&zs_);
+    level_ = 0;
+  }
+
+  z_stream zs_{};
+  int level_ = 0;  // 0: zs_ holds no initialized stream
+};
+
+class Inflater {
+ public:
+  Inflater() = default;
+  Inflater(const Inflater&) = delete;
+  Inflater& operator=(const Inflater&) = delete;
+  ~Inflater() {
+    if (ready_) inflateEnd(&zs_);
+  }
+
+  // A stream ready for new input, or nullptr if zlib could not allocate one.
+  z_stream* Get() {
+    if (ready_) return inflateReset(&zs_) == Z_OK ? &zs_ : nullptr;
+    zs_ = z_stream{};
+    ready_ = inflateInit2(&zs_, kWindowBits) == Z_OK;
+    return ready_ ? &zs_ : nullptr;
+  }
+
+ private:
+  z_stream zs_{};
+  bool ready_ = false;
+};
+
+class ZlibCodec final : public Codec {
+ public:
+  explicit ZlibCodec(int level) : level_(level) {}
+  CodecId id() const override { return CodecId::kZlib; }
+
+  size_t Compress(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) const override {
+    thread_local Deflater deflater;
+    z_stream* zs = deflater.Get(level_);
+    if (zs == nullptr || n > UINT_MAX) return 0;
+    zs->next_in = const_cast<Bytef*>(src);  // zlib's API is not const-correct
+    zs->avail_in = static_cast<uInt>(n);
+    zs->next_out = dst;
+    zs->avail_out = static_cast<uInt>(cap > UINT_MAX ? UINT_MAX : cap);
+    // Anything but Z_STREAM_END means the output did not fit.
+    if (deflate(zs, Z_FINISH) != Z_STREAM_END) return 0;
+    return zs->total_out;
+  }
+
+  Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {
+    thread_local Inflater inflater;
+    z_stream* zs = inflater.Get();
+    if (zs == nullptr) return Status::IOError("zlib: cannot allocate an inflate stream", ENOMEM);
+    if (n > UINT_MAX || out_len > UINT_MAX) {
+      return Status::Corruption("zlib payload is larger than zlib can address");
+    }
+    zs->next_in = const_cast<Bytef*>(src);
+    zs->avail_in = static_cast<uInt>(n);
+    zs->next_out = dst;
+    zs->avail_out = static_cast<uInt>(out_len);
+    const int rc = inflate(zs, Z_FINISH);
+    // A valid payload is exactly one stream that fills the output and uses
+    // every input byte; trailing bytes mean the length field lied.
+    if (rc != Z_STREAM_END || zs->avail_out != 0 || zs->avail_in != 0) {
+      return Status::Corruption("zlib payload of " + std::to_string(n) + " bytes is malformed (" +
+                                (zs->msg != nullptr ? zs->msg : "inflate status " + std::to_string(rc)) +
+                                ", " + std::to_string(zs->total_out) + " of " +
+                                std::to_string(out_len) + " bytes, " + std::to_string(zs->avail_in) +
+                                " input bytes left)");
+    }
+    return Status::OK();
+  }
+
+ private:
+  int level_;
+};
+
+}  // namespace
+
+std::unique_ptr<Codec> NewZlibCodec(int level) { return std::make_unique<ZlibCodec>(level); }
+
+}  // namespace insitu::codec_internal

@@ -1,0 +1,40 @@
+// ExtentMap: decoding and encoding the per-block metadata entries of one
+// slot (extent_max_blocks consecutive, aligned blocks) into extents.
+//
+// Pure functions over arrays of 5-bit entries (format.h explains the bits);
+// the volume, dump and fsck all use them, so the rules live only here:
+//  - a slot starts with a head (tail bit clear);
+//  - a head with length 0 is a single unwritten block (no tail follows);
+//  - the lengths of an extent's blocks are the greedy charge of its payload
+//    length P (head min(P,8), then min(P-8,8), ...), 1 <= P <= 8*nblocks;
+//  - P == 8*nblocks means raw storage, anything less a compressed payload.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "libcore/status.h"
+
+namespace insitu {
+
+struct SlotExtent {
+  uint32_t first = 0;    // block index within the slot
+  uint32_t nblocks = 0;
+  uint32_t sectors = 0;  // payload sectors; 0 for an unwritten block
+  bool unwritten() const { return sectors == 0; }
+  bool raw() const { return sectors == nblocks * 8; }
+  bool compressed() const { return sectors != 0 && !raw(); }
+  // 4 KiB units of the extent's place that its payload occupies.
+  uint32_t used_blocks() const { return (sectors + 7) / 8; }
+};
+
+// Decodes entries[0, n) of one slot.  Returns kCorruption (naming the bad
+// block by its index in the slot) when the entries break a rule above.
+Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* out);
+
+// Writes the entries of one extent of nblocks blocks with a payload of
+// `sectors` sectors (0 only when nblocks == 1: an unwritten block).
+void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries);
+
+}  // namespace insitu

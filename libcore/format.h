@@ -1,0 +1,158 @@
+// The insitu on-disk format, in one place.  docs/format.md describes the
+// same bytes in prose; keep the two in step.
+//
+// Device layout (all offsets in bytes, every region 4 KiB aligned):
+//
+//   0                 primary superblock (4 KiB)
+//   meta_offset       metadata area: meta_pages pages, each stored twice
+//                     (slot 0 and slot 1, adjacent), 4 KiB per slot
+//   data_offset       data area: data_blocks blocks of 4 KiB, 1 MiB aligned
+//   backup_offset     backup superblock (the device's last 4 KiB block)
+//
+// Logical block b of the volume lives at data_offset + b*4096.  An extent is
+// a run of 1..extent_max_blocks logical blocks compressed as one unit; its
+// payload starts at the physical place of its first block (the head) and
+// occupies the first payload_sectors 512-byte sectors of the extent's place.
+// Extents never cross an extent_max_blocks-aligned boundary ("slot").
+//
+// Metadata: 5 bits per logical block, packed little-endian bit order into
+// the bitmap of its metadata page (block b -> page b / kBlocksPerMetaPage).
+//   bits 0..3  length: payload sectors charged to this block (0..8)
+//   bit  4     tail: 1 if the block continues the extent that precedes it
+// A head (tail=0) with length 0 is an unwritten block (reads as zeros).
+// An extent's payload length is the sum of its blocks' lengths, charged
+// greedily: head min(P,8), next min(P-8,8), ...  A payload of exactly
+// 8*nblocks sectors is the raw data (incompressible); anything shorter is a
+// compressed payload ending in a PayloadTrailer.
+//
+// All integers are little-endian.  Every structure carries a magic, a
+// version and a CRC-32C; see each struct.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace insitu::format {
+
+inline constexpr uint32_t kBlockSize = 4096;
+inline constexpr uint32_t kSectorSize = 512;
+inline constexpr uint32_t kSectorsPerBlock = kBlockSize / kSectorSize;
+inline constexpr uint32_t kMaxExtentBlocks = 32;  // 128 KiB
+inline constexpr uint32_t kDataAlignment = 1u << 20;
+
+// ---- superblock ----------------------------------------------------------
+
+inline constexpr uint64_t kSuperMagic = 0x3130555449534e49ull;  // "INSITU01"
+inline constexpr uint32_t kSuperVersion = 1;
+
+// Feature flags.  An implementation refuses to open a volume with an
+// incompat bit it does not know, opens read-only one with an unknown
+// ro_compat bit, and ignores unknown compat bits.
+inline constexpr uint32_t kCompatKnown = 0;
+inline constexpr uint32_t kRoCompatKnown = 0;
+inline constexpr uint32_t kIncompatKnown = 0;
+
+enum class VolumeState : uint32_t {
+  kClean = 1,  // closed cleanly: metadata on disk describes every block
+  kDirty = 2,  // open, or crashed while open
+};
+
+enum class MetaMode : uint8_t {
+  kWriteThrough = 1,  // metadata page written with every data write
+  kWriteBack = 2,     // dirty pages written every interval, on FLUSH and FUA
+};
+
+struct Superblock {
+  uint64_t magic;             // kSuperMagic
+  uint32_t version;           // kSuperVersion
+  uint32_t header_bytes;      // sizeof(Superblock); the CRC covers this many
+  uint32_t compat;            // feature flags, see above
+  uint32_t ro_compat;
+  uint32_t incompat;
+  uint32_t block_size;        // kBlockSize
+  uint8_t uuid[16];           // random at format time
+  uint8_t codec;              // CodecId
+  int8_t codec_level;         // 0 = codec default
+  uint8_t meta_mode;          // MetaMode
+  uint8_t reserved0;
+  uint32_t meta_interval_s;   // write-back period in seconds
+  uint32_t extent_max_blocks; // 1..kMaxExtentBlocks, a power of two
+  uint32_t state;             // VolumeState
+  uint64_t device_bytes;      // size of the device when formatted
+  uint64_t data_blocks;       // logical size / kBlockSize
+  uint64_t meta_offset;
+  uint64_t meta_pages;        // logical pages; 2*meta_pages slots on disk
+  uint64_t data_offset;
+  uint64_t backup_offset;
+  uint64_t next_write_seq;    // payload sequence numbers below this are used
+  uint64_t format_time;       // unix seconds
+  uint64_t write_time;        // unix seconds of the last superblock write
+  uint64_t open_count;        // read-write opens since format
+  uint64_t unclean_count;     // opens that found state == kDirty
+  // Lifetime counters, saved at every superblock write.
+  uint64_t logical_bytes_written;
+  uint64_t payload_bytes_written;
+  uint64_t meta_bytes_written;
+  uint8_t reserved1[168];
+  uint32_t reserved2;
+  uint32_t crc;               // CRC-32C of the first header_bytes with crc = 0
+};
+static_assert(sizeof(Superblock) == 352, "superblock layout changed");
+
+// ---- metadata pages ------------------------------------------------------
+
+inline constexpr uint32_t kMetaMagic = 0x504d5349;  // "ISMP"
+inline constexpr uint16_t kMetaVersion = 1;
+inline constexpr uint32_t kMetaBitsPerBlock = 5;
+inline constexpr uint32_t kBlocksPerMetaPage = 6400;
+inline constexpr uint32_t kMetaBitmapBytes = kBlocksPerMetaPage * kMetaBitsPerBlock / 8;  // 4000
+inline constexpr uint8_t kMetaLengthMask = 0x0f;
+inline constexpr uint8_t kMetaTailBit = 0x10;
+
+// A metadata page slot.  Of the two slots of a page, the valid one (magic,
+// version, page index and CRC all good) with the higher sequence is current;
+// a slot that is entirely zero is a never-written page (every block
+// unwritten) with sequence 0.
+struct MetaPageHeader {
+  uint32_t magic;       // kMetaMagic
+  uint16_t version;     // kMetaVersion
+  uint16_t header_bytes;
+  uint64_t page_index;
+  uint64_t sequence;    // increases by one with every write of this page
+  uint32_t crc;         // CRC-32C of the whole 4 KiB slot with crc = 0
+  uint32_t reserved;
+};
+static_assert(sizeof(MetaPageHeader) == 32, "meta header layout changed");
+inline constexpr uint32_t kMetaBitmapOffset = 32;
+static_assert(kMetaBitmapOffset + kMetaBitmapBytes <= kBlockSize);
+static_assert(kBlocksPerMetaPage % kMaxExtentBlocks == 0, "slots must not span pages");
+
+// ---- payloads ------------------------------------------------------------
+
+inline constexpr uint32_t kPayloadMagic = 0x4c505349;  // "ISPL"
+inline constexpr uint8_t kPayloadVersion = 1;
+
+// The last 32 bytes of a compressed payload's last sector.  The compressed
+// bytes start at the payload's first byte; between them and the trailer is
+// zero padding.  head_block and nblocks let a reader (and fsck, rebuilding
+// metadata) check that the payload belongs where it was found; write_seq
+// orders payloads when stale ones are found during a rebuild.
+struct PayloadTrailer {
+  uint32_t magic;       // kPayloadMagic
+  uint8_t version;      // kPayloadVersion
+  uint8_t codec;        // CodecId that produced the bytes
+  uint16_t nblocks;     // extent length in blocks
+  uint32_t comp_len;    // compressed bytes at the start of the payload
+  uint32_t crc;         // CRC-32C of the compressed bytes, then this trailer with crc = 0
+  uint64_t head_block;  // logical block index of the extent head
+  uint64_t write_seq;   // volume-wide sequence number of this write
+};
+static_assert(sizeof(PayloadTrailer) == 32, "trailer layout changed");
+
+// Sectors a compressed payload of comp_len bytes occupies.
+constexpr uint32_t PayloadSectors(uint32_t comp_len) {
+  return (comp_len + static_cast<uint32_t>(sizeof(PayloadTrailer)) + kSectorSize - 1) /
+         kSectorSize;
+}
+
+}  // namespace insitu::format

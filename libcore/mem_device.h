@@ -1,0 +1,35 @@
+// MemDevice: a BlockDevice held in RAM, for tests and as the reference disk
+// of the model tests.  Discard and WriteZeroes zero the range.  Thread-safe
+// (a reader-writer lock over the whole buffer; it is a test device).
+#pragma once
+
+#include <cstdint>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "libcore/block_device.h"
+
+namespace insitu {
+
+class MemDevice : public BlockDevice {
+ public:
+  explicit MemDevice(uint64_t size);
+
+  uint64_t Size() const override { return data_.size(); }
+  Status Read(uint64_t offset, void* buf, size_t len) override;
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override;
+  Status Flush() override;
+  Status Discard(uint64_t offset, uint64_t len) override;
+  Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override;
+  std::string Describe() const override { return "memory"; }
+
+  // Direct access for tests (not synchronized with concurrent I/O).
+  std::vector<uint8_t>& contents() { return data_; }
+
+ private:
+  mutable std::shared_mutex mu_;
+  std::vector<uint8_t> data_;
+};
+
+}  // namespace insitu

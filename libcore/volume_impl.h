@@ -1,0 +1,94 @@
+// InsituVolume::Impl: state shared by the read path (volume.cc) and the
+// write path (volume_write.cc).  Not a public header.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "libcore/codec.h"
+#include "libcore/extent_lock.h"
+#include "libcore/extent_map.h"
+#include "libcore/format.h"
+#include "libcore/meta_bitmap.h"
+#include "libcore/volume.h"
+
+namespace insitu {
+
+class InsituVolume::Impl {
+ public:
+  Impl(std::unique_ptr<BlockDevice> dev, const format::Superblock& sb,
+       std::unique_ptr<Codec> codec, const OpenOptions& opts);
+
+  // Lock units are always kMaxExtentBlocks blocks: a unit's 5-bit entries
+  // fill whole bytes (32 * 5 bits = 20 bytes), so holders of different units
+  // never share a metadata byte, and every slot (extent_max_blocks, a power
+  // of two <= 32) lies inside one unit.
+  static constexpr uint32_t kLockUnitBlocks = format::kMaxExtentBlocks;
+  ExtentLock::Guard LockBlocks(uint64_t first_block, uint64_t end_block, bool exclusive);
+
+  uint32_t slot_blocks() const { return sb.extent_max_blocks; }
+  uint64_t BlockOffset(uint64_t block) const { return sb.data_offset + block * format::kBlockSize; }
+
+  // Decodes the slot that starts at slot_first into extents.
+  Status ReadSlot(uint64_t slot_first, std::vector<SlotExtent>* extents) const;
+
+  // Reads logical blocks [from, to) of the extent `e` of the slot at
+  // slot_first into out, verifying and decompressing its payload.  The
+  // caller holds the lock on the slot.
+  Status ReadExtentBlocks(uint64_t slot_first, const SlotExtent& e, uint64_t from, uint64_t to,
+                          uint8_t* out);
+
+  // The write path (volume_write.cc): replaces bytes [offset, offset+len)
+  // with src, or with zeros when src is null.
+  Status Modify(uint64_t offset, uint64_t len, const uint8_t* src, bool fua);
+
+  // Hands out payload sequence numbers, extending the reservation recorded
+  // in the superblock when it runs out.
+  Status NextWriteSeq(uint64_t* seq);
+
+  // Writes both superblock copies with the live counters.  Needs sb_mu.
+  Status WriteSuperLocked();
+
+  Status Close();
+  void StartFlusher();
+  void StopFlusher();
+
+  void Log(const std::string& line) const { log(line); }
+
+  std::unique_ptr<BlockDevice> dev;
+  format::Superblock sb;  // geometry is immutable; the rest guarded by sb_mu
+  std::mutex sb_mu;
+  std::unique_ptr<Codec> codec;
+  MetaBitmap meta;
+  ExtentLock locks;
+  const bool read_only;
+  bool unclean = false;
+  std::atomic<bool> closed{false};
+  std::function<void(const std::string&)> log;
+
+  // Live counters (added to the lifetime values the superblock held at open).
+  std::atomic<uint64_t> logical_written{0};
+  std::atomic<uint64_t> payload_written{0};
+  std::atomic<uint64_t> super_written{0};
+  std::atomic<uint64_t> read_errors{0};
+  std::atomic<int64_t> blocks_compressed{0};
+  std::atomic<int64_t> blocks_raw{0};
+  std::atomic<int64_t> payload_sectors{0};
+  uint64_t base_logical = 0, base_payload = 0, base_meta = 0;
+
+  std::atomic<uint64_t> next_seq{0};
+  std::atomic<uint64_t> seq_limit{0};  // changed only under sb_mu
+  static constexpr uint64_t kSeqReservation = uint64_t{1} << 24;
+
+  std::thread flusher;
+  std::mutex flusher_mu;
+  std::condition_variable flusher_cv;
+  bool flusher_stop = false;
+};
+
+}  // namespace insitu

@@ -1,0 +1,59 @@
+#include "libcore/extent_map.h"
+
+#include <gtest/gtest.h>
+
+#include "libcore/format.h"
+
+namespace insitu {
+namespace {
+
+TEST(ExtentMap, EncodeDecodeRoundTripsEveryLength) {
+  for (uint32_t n = 1; n <= format::kMaxExtentBlocks; ++n) {
+    for (uint32_t sectors = 1; sectors <= 8 * n; ++sectors) {
+      uint8_t entries[format::kMaxExtentBlocks] = {};
+      EncodeExtent(n, sectors, entries);
+      std::vector<SlotExtent> out;
+      ASSERT_TRUE(DecodeSlot(entries, n, &out).ok()) << n << " " << sectors;
+      ASSERT_EQ(out.size(), 1u);
+      EXPECT_EQ(out[0].first, 0u);
+      EXPECT_EQ(out[0].nblocks, n);
+      EXPECT_EQ(out[0].sectors, sectors);
+      EXPECT_EQ(out[0].raw(), sectors == 8 * n);
+      EXPECT_EQ(out[0].used_blocks(), (sectors + 7) / 8);
+    }
+  }
+}
+
+TEST(ExtentMap, DecodesMixedSlot) {
+  uint8_t entries[8] = {};
+  EncodeExtent(3, 10, entries);      // compressed, blocks 0-2
+  entries[3] = 0;                    // unwritten
+  EncodeExtent(2, 16, entries + 4);  // raw, blocks 4-5
+  EncodeExtent(1, 3, entries + 6);   // compressed single block
+  entries[7] = 0;
+  std::vector<SlotExtent> out;
+  ASSERT_TRUE(DecodeSlot(entries, 8, &out).ok());
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_TRUE(out[0].compressed());
+  EXPECT_TRUE(out[1].unwritten());
+  EXPECT_TRUE(out[2].raw());
+  EXPECT_EQ(out[3].sectors, 3u);
+  EXPECT_TRUE(out[4].unwritten());
+}
+
+TEST(ExtentMap, RejectsEveryBrokenRule) {
+  std::vector<SlotExtent> out;
+  uint8_t orphan_tail[2] = {format::kMetaTailBit | 3, 0};
+  EXPECT_EQ(DecodeSlot(orphan_tail, 2, &out).code(), Status::Code::kCorruption);
+  uint8_t too_long[1] = {9};
+  EXPECT_EQ(DecodeSlot(too_long, 1, &out).code(), Status::Code::kCorruption);
+  uint8_t unwritten_with_tail[2] = {0, format::kMetaTailBit};
+  EXPECT_EQ(DecodeSlot(unwritten_with_tail, 2, &out).code(), Status::Code::kCorruption);
+  uint8_t not_greedy[2] = {3, format::kMetaTailBit | 5};  // head should be 8
+  EXPECT_EQ(DecodeSlot(not_greedy, 2, &out).code(), Status::Code::kCorruption);
+  uint8_t stray[1] = {0x20};
+  EXPECT_EQ(DecodeSlot(stray, 1, &out).code(), Status::Code::kCorruption);
+}
+
+}  // namespace
+}  // namespace insitu

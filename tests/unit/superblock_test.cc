@@ -1,0 +1,109 @@
+#include "libcore/superblock.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "libcore/aligned_buffer.h"
+#include "libcore/mem_device.h"
+#include "libcore/volume.h"
+
+namespace insitu {
+namespace {
+
+using format::kBlockSize;
+
+TEST(Superblock, GeometryFitsTheDevice) {
+  for (uint64_t mib : {3, 4, 17, 64, 1000, 1 << 20}) {
+    format::Superblock sb{};
+    const uint64_t bytes = mib << 20;
+    ASSERT_TRUE(ComputeGeometry(bytes, &sb).ok()) << mib;
+    EXPECT_EQ(sb.meta_offset, kBlockSize);
+    EXPECT_GE(sb.meta_pages * format::kBlocksPerMetaPage, sb.data_blocks);
+    EXPECT_GE(sb.data_offset, sb.meta_offset + sb.meta_pages * 2 * kBlockSize);
+    EXPECT_EQ(sb.data_offset % format::kDataAlignment, 0u);
+    EXPECT_LE(sb.data_offset + sb.data_blocks * kBlockSize, sb.backup_offset);
+    EXPECT_EQ(sb.backup_offset, bytes - kBlockSize);
+    // No more than one alignment unit of slack.
+    EXPECT_LT(sb.backup_offset - (sb.data_offset + sb.data_blocks * kBlockSize),
+              uint64_t{format::kDataAlignment} + kBlockSize);
+  }
+  format::Superblock sb{};
+  EXPECT_FALSE(ComputeGeometry(2 << 20, &sb).ok());
+}
+
+class SuperblockOnDevice : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    FormatOptions opts;
+    opts.codec = {CodecId::kZstd, 3};
+    ASSERT_TRUE(FormatVolume(&dev_, opts).ok());
+  }
+  MemDevice dev_{16 << 20};
+};
+
+TEST_F(SuperblockOnDevice, FormatWritesBothCopies) {
+  format::Superblock sb;
+  SuperblockSource source;
+  ASSERT_TRUE(ReadSuperblock(&dev_, &sb, &source, nullptr).ok());
+  EXPECT_EQ(source, SuperblockSource::kPrimary);
+  EXPECT_EQ(sb.codec, static_cast<uint8_t>(CodecId::kZstd));
+  EXPECT_EQ(sb.codec_level, 3);
+  EXPECT_EQ(sb.state, static_cast<uint32_t>(format::VolumeState::kClean));
+  EXPECT_EQ(0, std::memcmp(dev_.contents().data(),
+                           dev_.contents().data() + sb.backup_offset, kBlockSize));
+}
+
+TEST_F(SuperblockOnDevice, EveryCorruptedByteIsDetectedAndBackupUsed) {
+  const std::vector<uint8_t> pristine = dev_.contents();
+  for (size_t byte = 0; byte < sizeof(format::Superblock); byte += 7) {
+    dev_.contents() = pristine;
+    dev_.contents()[byte] ^= 0x40;
+    format::Superblock sb;
+    ASSERT_FALSE(DecodeSuperblock(dev_.contents().data(), dev_.Size(), &sb).ok()) << byte;
+    SuperblockSource source;
+    std::string why;
+    ASSERT_TRUE(ReadSuperblock(&dev_, &sb, &source, &why).ok()) << byte;
+    EXPECT_EQ(source, SuperblockSource::kBackup);
+    EXPECT_FALSE(why.empty());
+  }
+}
+
+TEST_F(SuperblockOnDevice, BothCopiesBadIsAnError) {
+  format::Superblock sb;
+  ASSERT_TRUE(DecodeSuperblock(dev_.contents().data(), dev_.Size(), &sb).ok());
+  dev_.contents()[8] ^= 1;
+  dev_.contents()[sb.backup_offset + 8] ^= 1;
+  SuperblockSource source;
+  EXPECT_EQ(ReadSuperblock(&dev_, &sb, &source, nullptr).code(), Status::Code::kCorruption);
+}
+
+TEST_F(SuperblockOnDevice, RejectsUnknownIncompatFeatureAndTruncatedDevice) {
+  format::Superblock sb;
+  ASSERT_TRUE(DecodeSuperblock(dev_.contents().data(), dev_.Size(), &sb).ok());
+  AlignedBuffer block(kBlockSize);
+  sb.incompat = 0x80;
+  EncodeSuperblock(sb, block.data());
+  format::Superblock out;
+  EXPECT_EQ(DecodeSuperblock(block.data(), dev_.Size(), &out).code(),
+            Status::Code::kNotSupported);
+  sb.incompat = 0;
+  EncodeSuperblock(sb, block.data());
+  EXPECT_TRUE(DecodeSuperblock(block.data(), dev_.Size(), &out).ok());
+  EXPECT_FALSE(DecodeSuperblock(block.data(), dev_.Size() - kBlockSize, &out).ok());
+}
+
+TEST(ProbeExisting, RecognizesVolumesAndFileSystems) {
+  MemDevice dev(8 << 20);
+  EXPECT_EQ(ProbeExisting(&dev), "");
+  dev.contents()[1080] = 0x53;
+  dev.contents()[1081] = 0xef;
+  EXPECT_NE(ProbeExisting(&dev).find("ext"), std::string::npos);
+  ASSERT_TRUE(FormatVolume(&dev, FormatOptions{}).ok());
+  EXPECT_EQ(ProbeExisting(&dev), "an insitu volume");
+  std::fill(dev.contents().begin(), dev.contents().begin() + 4096, 0);
+  EXPECT_NE(ProbeExisting(&dev).find("primary superblock damaged"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace insitu

@@ -1,0 +1,79 @@
+// Helpers shared by the unit and model tests.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "libcore/block_device.h"
+
+namespace insitu::testing {
+
+// A BlockDevice that forwards to one it does not own, so a test can close a
+// volume and reopen it on the same MemDevice.
+class BorrowedDevice : public BlockDevice {
+ public:
+  explicit BorrowedDevice(BlockDevice* target) : target_(target) {}
+  uint64_t Size() const override { return target_->Size(); }
+  Status Read(uint64_t offset, void* buf, size_t len) override {
+    return target_->Read(offset, buf, len);
+  }
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
+    return target_->Write(offset, buf, len, fua);
+  }
+  Status Flush() override { return target_->Flush(); }
+  Status Discard(uint64_t offset, uint64_t len) override { return target_->Discard(offset, len); }
+  Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override {
+    return target_->WriteZeroes(offset, len, fua);
+  }
+  std::string Describe() const override { return "borrowed:" + target_->Describe(); }
+
+ private:
+  BlockDevice* target_;
+};
+
+// Fills buf with data of a chosen character: text-like (compresses well),
+// random (incompressible), zeros, or a mix of 4 KiB blocks of each.
+enum class DataKind { kText, kRandom, kZero, kMixed };
+
+inline void FillData(std::mt19937_64& rng, DataKind kind, uint8_t* buf, size_t len) {
+  static const char* kWords[] = {"block ", "extent ", "insitu ", "payload ", "sector ",
+                                 "compress ", "metadata ", "flush ", "\n", "0123 "};
+  auto fill_text = [&](uint8_t* p, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+      const char* w = kWords[rng() % 10];
+      for (; *w && i < n; ++w) p[i++] = static_cast<uint8_t>(*w);
+    }
+  };
+  auto fill_random = [&](uint8_t* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(rng());
+  };
+  switch (kind) {
+    case DataKind::kText:
+      fill_text(buf, len);
+      break;
+    case DataKind::kRandom:
+      fill_random(buf, len);
+      break;
+    case DataKind::kZero:
+      std::fill(buf, buf + len, 0);
+      break;
+    case DataKind::kMixed:
+      for (size_t off = 0; off < len; off += 4096) {
+        const size_t n = std::min<size_t>(4096, len - off);
+        switch (rng() % 4) {
+          case 0: fill_text(buf + off, n); break;
+          case 1: fill_random(buf + off, n); break;
+          case 2: std::fill(buf + off, buf + off + n, 0); break;
+          default:  // half text, half zeros: compresses, but not a zero block
+            fill_text(buf + off, n / 2);
+            std::fill(buf + off + n / 2, buf + off + n, 0);
+        }
+      }
+      break;
+  }
+}
+
+}  // namespace insitu::testing
