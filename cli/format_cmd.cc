@@ -39,8 +39,9 @@ Status ParseMetaMode(std::string_view text, FormatOptions* opts) {
   const std::string_view mode = text.substr(0, colon);
   if (mode == "writethrough") {
     if (colon != std::string_view::npos) {
-      return Status::InvalidArgument("writethrough writes metadata with every write and takes "
-                                     "no interval; use writeback:SECONDS for a periodic flush");
+      return Status::InvalidArgument(
+          "writethrough writes metadata with every write and takes "
+          "no interval; use writeback:SECONDS for a periodic flush");
     }
     opts->meta_mode = format::MetaMode::kWriteThrough;
     return Status::OK();
@@ -136,11 +137,10 @@ Status CheckExistingTarget(const FormatArgs& args, const struct stat& st) {
 
 void PrintSummary(const std::string& target, const format::Superblock& sb) {
   const CodecSpec codec{static_cast<CodecId>(sb.codec), sb.codec_level};
-  const std::string mode =
-      sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough)
-          ? "writethrough (written with every data write)"
-          : "writeback (written every " + std::to_string(sb.meta_interval_s) +
-                " s and on flush/FUA)";
+  const std::string mode = sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough)
+                               ? "writethrough (written with every data write)"
+                               : "writeback (written every " + std::to_string(sb.meta_interval_s) +
+                                     " s and on flush/FUA)";
   const uint64_t meta_bytes = sb.meta_pages * 2 * kBlockSize;
   std::cout << "Created insitu volume on " << target << "\n"
             << "  device size:     " << HumanBytes(sb.device_bytes) << " (" << sb.device_bytes
@@ -176,7 +176,8 @@ void AddFormatOptions(CLI::App* cmd, FormatArgs* args) {
          Checked("--compress",
                  [args](const std::string& v) { return ParseCodecSpec(v, &args->options.codec); }),
          "Compression algorithm and optional level, fixed for the volume's lifetime: "
-         "lz4 (default; lz4:2..12 = LZ4-HC), zstd[:1..19], zlib[:1..9], lzo, none")
+         "lz4 (default; lz4:2..12 uses LZ4-HC), zstd[:LEVEL] (1..22, negative is faster), "
+         "zlib[:1..9], lzo, none")
       ->type_name("ALG[:LEVEL]");
   cmd->add_option_function<std::string>(
          "--meta",
@@ -260,8 +261,7 @@ int RunFormat(const std::string& prog, const FormatArgs& args) {
   const Status rd = ReadSuperblock(dev.get(), &sb, &source, &primary_error);
   if (!rd.ok() || source != SuperblockSource::kPrimary) {
     PrintError(prog, "the new superblock on " + args.target + " does not read back (" +
-                         (rd.ok() ? primary_error : rd.message()) +
-                         "); the device may be failing");
+                         (rd.ok() ? primary_error : rd.message()) + "); the device may be failing");
     return kExitError;
   }
   if (!args.quiet) PrintSummary(args.target, sb);

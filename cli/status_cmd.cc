@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -59,9 +60,10 @@ Status QueryDaemon(const std::string& path, std::string* reply) {
     return Status::FromErrno(errno, "cannot set a socket timeout");
   }
   if (connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return Status::FromErrno(errno, "cannot connect to " + path)
-        .Annotate("")
-        .Annotate("is insitud running with --control " + path + "?");
+    const int err = errno;
+    return Status::IOError("cannot connect to " + path + ": " + std::strerror(err) +
+                               " (is insitud running with --control " + path + "?)",
+                           err);
   }
   static constexpr std::string_view kRequest = "status\n";
   for (size_t sent = 0; sent < kRequest.size();) {
@@ -85,14 +87,12 @@ Status QueryDaemon(const std::string& path, std::string* reply) {
   }
 }
 
-// reply[section][key], or null when the daemon did not send it.
-const json& Field(const json& reply, const char* section, const char* key) {
+// obj[key], or null when the daemon did not send it.
+const json& Field(const json& obj, const char* key) {
   static const json kMissing;
-  if (!reply.is_object()) return kMissing;
-  const auto s = reply.find(section);
-  if (s == reply.end() || !s->is_object()) return kMissing;
-  const auto k = s->find(key);
-  return k == s->end() ? kMissing : *k;
+  if (!obj.is_object()) return kMissing;
+  const auto it = obj.find(key);
+  return it == obj.end() ? kMissing : *it;
 }
 
 std::string Text(const json& v) { return v.is_string() ? v.get<std::string>() : "-"; }
@@ -121,15 +121,17 @@ std::string Duration(uint64_t s) {
 }
 
 void PrintText(const json& r) {
-  const auto sb = [&](const char* key) -> const json& { return Field(r, "superblock", key); };
-  const auto vol = [&](const char* key) -> const json& { return Field(r, "volume", key); };
-  const auto srv = [&](const char* key) -> const json& { return Field(r, "server", key); };
-  const auto line = [](const char* label, const std::string& value) {
-    std::printf("%-20s %s\n", label, value.c_str());
+  const auto sb = [&](const char* key) -> const json& {
+    return Field(Field(r, "superblock"), key);
+  };
+  const auto vol = [&](const char* key) -> const json& { return Field(Field(r, "volume"), key); };
+  const auto srv = [&](const char* key) -> const json& { return Field(Field(r, "server"), key); };
+  const auto line = [](const std::string& label, const std::string& value) {
+    std::cout << std::left << std::setw(21) << label << value << "\n";
   };
 
-  line("device:", r.is_object() && r.contains("device") ? Text(r["device"]) : "-");
-  line("export:", r.is_object() && r.contains("export") ? Text(r["export"]) : "-");
+  line("device:", Text(Field(r, "device")));
+  line("export:", Text(Field(r, "export")));
   line("uuid:", Text(sb("uuid")));
   std::string codec = Text(sb("codec"));
   if (sb("codec_level").is_number_integer() && sb("codec_level").get<int>() != 0) {
@@ -155,20 +157,21 @@ void PrintText(const json& r) {
   if (vol("payload_sectors").is_number_unsigned() && vol("blocks_raw").is_number_unsigned() &&
       vol("blocks_compressed").is_number_unsigned()) {
     const uint64_t raw = vol("blocks_raw").get<uint64_t>();
-    const uint64_t used = vol("payload_sectors").get<uint64_t>() * format::kSectorSize +
-                          raw * format::kBlockSize;
+    const uint64_t used =
+        vol("payload_sectors").get<uint64_t>() * format::kSectorSize + raw * format::kBlockSize;
     const uint64_t logical = (vol("blocks_compressed").get<uint64_t>() + raw) * format::kBlockSize;
     std::string value = HumanBytes(used) + " holding " + HumanBytes(logical);
     if (logical != 0) {
-      value += " (" + Fixed2(100.0 * (1.0 - static_cast<double>(used) / logical)) + "% saved)";
+      value += " (" +
+               Fixed2(100.0 * (1.0 - static_cast<double>(used) / static_cast<double>(logical))) +
+               "% saved)";
     }
     line("space used:", value);
   } else {
     line("space used:", "-");
   }
-  line("compression ratio:", vol("compression_ratio").is_number()
-                                 ? Fixed2(vol("compression_ratio").get<double>())
-                                 : "-");
+  line("compression ratio:",
+       vol("compression_ratio").is_number() ? Fixed2(vol("compression_ratio").get<double>()) : "-");
   line("logical written:", Bytes(vol("logical_bytes_written")));
   line("payload written:", Bytes(vol("payload_bytes_written")));
   line("metadata written:", Bytes(vol("meta_bytes_written")));
@@ -177,9 +180,8 @@ void PrintText(const json& r) {
   line("connections:", Count(srv("connections")));
   line("requests in flight:", Count(srv("requests_in_flight")));
   line("requests total:", Count(srv("requests_total")));
-  line("uptime:", srv("uptime_s").is_number_unsigned()
-                      ? Duration(srv("uptime_s").get<uint64_t>())
-                      : "-");
+  line("uptime:",
+       srv("uptime_s").is_number_unsigned() ? Duration(srv("uptime_s").get<uint64_t>()) : "-");
 }
 
 }  // namespace

@@ -60,7 +60,9 @@ std::string ValidChoices() {
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
-    auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
+    auto lower = [](char c) {
+      return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    };
     if (lower(a[i]) != lower(b[i])) return false;
   }
   return true;
@@ -76,8 +78,8 @@ Status ValidateLevel(const CodecInfo& info, int level) {
   }
   if (level < info.min_level || level > info.max_level) {
     return Status::InvalidArgument("compression level " + std::to_string(level) +
-                                   " is out of range for " + info.name + " (valid: " +
-                                   LevelRange(info) + ", 0 for the default)");
+                                   " is out of range for " + info.name +
+                                   " (valid: " + LevelRange(info) + ", 0 for the default)");
   }
   return Status::OK();
 }
@@ -98,8 +100,9 @@ Status ParseCodecSpec(std::string_view text, CodecSpec* out) {
   int level = 0;
   if (colon != std::string_view::npos) {
     if (!info->has_level) {
-      return Status::InvalidArgument(std::string(info->name) + " takes no compression level (got '" +
-                                     std::string(text) + "')");
+      return Status::InvalidArgument(std::string(info->name) +
+                                     " takes no compression level (got '" + std::string(text) +
+                                     "')");
     }
     const std::string_view digits = text.substr(colon + 1);
     const char* end = digits.data() + digits.size();

@@ -33,15 +33,16 @@ class Lz4Codec final : public Codec {
     if (n > INT_MAX || out_len > INT_MAX) {
       return Status::Corruption("lz4 payload is larger than LZ4 can address");
     }
-    const int rc = LZ4_decompress_safe(reinterpret_cast<const char*>(src),
-                                       reinterpret_cast<char*>(dst), static_cast<int>(n),
-                                       static_cast<int>(out_len));
-    if (rc < 0 || static_cast<size_t>(rc) != out_len) {
-      return Status::Corruption("lz4 payload of " + std::to_string(n) + " bytes is malformed (" +
-                                (rc < 0 ? "decoder error " + std::to_string(rc)
-                                        : std::to_string(rc) + " of " + std::to_string(out_len) +
-                                              " bytes")) +
-                                ")");
+    const int rc =
+        LZ4_decompress_safe(reinterpret_cast<const char*>(src), reinterpret_cast<char*>(dst),
+                            static_cast<int>(n), static_cast<int>(out_len));
+    if (rc < 0) {
+      return Status::Corruption("lz4 payload of " + std::to_string(n) +
+                                " bytes is malformed (decoder error " + std::to_string(rc) + ")");
+    }
+    if (static_cast<size_t>(rc) != out_len) {
+      return Status::Corruption("lz4 payload of " + std::to_string(n) + " bytes decompressed to " +
+                                std::to_string(rc) + " bytes, expected " + std::to_string(out_len));
     }
     return Status::OK();
   }

@@ -53,9 +53,9 @@ class LzoCodec final : public Codec {
     const int rc = lzo1x_decompress_safe(src, n, dst, &produced, nullptr);
     if (rc != LZO_E_OK || produced != out_len) {
       return Status::Corruption("lzo payload of " + std::to_string(n) +
-                                " bytes is malformed (decoder status " + std::to_string(rc) +
-                                ", " + std::to_string(produced) + " of " +
-                                std::to_string(out_len) + " bytes)");
+                                " bytes is malformed (decoder status " + std::to_string(rc) + ", " +
+                                std::to_string(produced) + " of " + std::to_string(out_len) +
+                                " bytes)");
     }
     return Status::OK();
   }
@@ -68,7 +68,8 @@ Status NewLzoCodec(std::unique_ptr<Codec>* out) {
   static const int init_rc = lzo_init();
   if (init_rc != LZO_E_OK) {
     return Status::NotSupported("liblzo2 failed to initialize (lzo_init returned " +
-                                std::to_string(init_rc) + "); the library does not match this build");
+                                std::to_string(init_rc) +
+                                "); the library does not match this build");
   }
   *out = std::make_unique<LzoCodec>();
   return Status::OK();

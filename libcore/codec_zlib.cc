@@ -102,11 +102,11 @@ class ZlibCodec final : public Codec {
     // A valid payload is exactly one stream that fills the output and uses
     // every input byte; trailing bytes mean the length field lied.
     if (rc != Z_STREAM_END || zs->avail_out != 0 || zs->avail_in != 0) {
-      return Status::Corruption("zlib payload of " + std::to_string(n) + " bytes is malformed (" +
-                                (zs->msg != nullptr ? zs->msg : "inflate status " + std::to_string(rc)) +
-                                ", " + std::to_string(zs->total_out) + " of " +
-                                std::to_string(out_len) + " bytes, " + std::to_string(zs->avail_in) +
-                                " input bytes left)");
+      return Status::Corruption(
+          "zlib payload of " + std::to_string(n) + " bytes is malformed (" +
+          (zs->msg != nullptr ? zs->msg : "inflate status " + std::to_string(rc)) + ", " +
+          std::to_string(zs->total_out) + " of " + std::to_string(out_len) + " bytes, " +
+          std::to_string(zs->avail_in) + " input bytes left)");
     }
     return Status::OK();
   }

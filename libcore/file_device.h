@@ -3,17 +3,38 @@
 //
 // O_DIRECT is used when the target supports it (a block device, or a file
 // system reporting direct-I/O alignment no larger than 512 bytes through
-// statx STATX_DIOALIGN); otherwise the file is opened buffered and Flush()
-// relies on fdatasync.  Unaligned requests are bounced through aligned
-// buffers, so callers may pass any offset, length and buffer.
+// statx STATX_DIOALIGN, on a file whose size is a multiple of it); otherwise
+// the file is opened buffered and Flush() relies on fdatasync.  Unaligned
+// requests are bounced through aligned buffers, so callers may pass any
+// offset, length and buffer; a write that covers part of a sector
+// read-modify-writes that sector under a per-sector lock, so concurrent
+// writes to disjoint bytes of one sector are safe.  An unaligned write that
+// overlaps a concurrent aligned write of the same sector may leave a mix of
+// the two (the BlockDevice contract leaves overlapping writes unordered).
+//
+// FUA writes carry RWF_DSYNC; Flush() is an fdatasync (IORING_OP_FSYNC with
+// IORING_FSYNC_DATASYNC).
 //
 // Discard(): a file gets FALLOC_FL_PUNCH_HOLE (the space really returns to
-// the file system, and the range reads back zeros); a block device gets
-// BLKDISCARD.  WriteZeroes(): FALLOC_FL_ZERO_RANGE / BLKZEROOUT, falling
-// back to writing zeros.
+// the file system, and the range reads back zeros; where holes are not
+// supported zeros are written instead).  A block device gets BLKDISCARD of
+// the whole sectors inside the range, ignored where the device does not
+// support it: the range then need not read back as zeros, so layers above
+// must not rely on that for block devices.  WriteZeroes(): FALLOC_FL_ZERO_RANGE
+// (then PUNCH_HOLE) / BLKZEROOUT, falling back to writing zeros; with fua it
+// is followed by a flush.
+//
+// A writable open of a block device claims it with O_EXCL (fails with kBusy
+// if it is mounted or otherwise claimed).  Files are created mode 0600.  A
+// read-only device rejects Write/Discard/WriteZeroes with kIOError (EROFS).
+// ENOSPC from the file system surfaces as kNoSpace.  Size() is fixed at
+// Open().
 //
 // Each calling thread gets its own io_uring ring (created on first use and
 // destroyed when the thread exits), so no lock is taken on the I/O path.
+// Open() fails with a clear error if io_uring is unavailable.
+//
+// Thread-safety: all methods may be called concurrently (BlockDevice).
 #pragma once
 
 #include <memory>

@@ -67,16 +67,16 @@ Status DecodeSuperblock(const uint8_t* block, uint64_t device_size, Superblock* 
   Superblock sb;
   std::memcpy(&sb, block, sizeof(sb));
   if (sb.magic != format::kSuperMagic) return Status::Corruption("no insitu superblock (bad magic)");
+  // The CRC is checked before any field is believed: a flipped bit in the
+  // version must read as damage, not as a volume from the future.
+  const bool crc_ok = sb.header_bytes == sizeof(Superblock) && sb.crc == SuperCrc(sb);
   if (sb.version != format::kSuperVersion) {
+    if (!crc_ok) return Status::Corruption("superblock checksum mismatch");
     return Status::NotSupported("superblock version " + std::to_string(sb.version) +
                                 " is not supported (this is version " +
                                 std::to_string(format::kSuperVersion) + ")");
   }
-  if (sb.header_bytes != sizeof(Superblock)) {
-    return Status::Corruption("superblock header size " + std::to_string(sb.header_bytes) +
-                              " is wrong");
-  }
-  if (sb.crc != SuperCrc(sb)) return Status::Corruption("superblock checksum mismatch");
+  if (!crc_ok) return Status::Corruption("superblock checksum mismatch");
   if (sb.incompat & ~format::kIncompatKnown) {
     return Status::NotSupported("volume uses unknown incompatible features 0x" +
                                 std::to_string(sb.incompat & ~format::kIncompatKnown));

@@ -70,8 +70,9 @@ TEST_F(MetaBitmapTest, TornNewerSlotFallsBackToOlderCopy) {
     m.SetRange(0, 1, &b);
     ASSERT_TRUE(m.WritePage(0, false).ok());  // seq 2, slot 0
   }
-  // Tear the newest copy (slot 0): its second half never made it.
-  std::fill_n(dev_.contents().begin() + sb_.meta_offset + 2048, 2048, 0);
+  // Tear the newest copy (slot 0): its second sector still holds bytes
+  // from whatever was there before.
+  std::fill_n(dev_.contents().begin() + sb_.meta_offset + 512, 512, 0x5a);
   MetaBitmap loaded(&dev_, sb_);
   std::vector<std::string> notes;
   ASSERT_TRUE(loaded.Load([&](const std::string& n) { notes.push_back(n); }).ok());

@@ -100,7 +100,9 @@ TEST_P(ModelTest, MatchesReferenceDisk) {
     }
     n = std::min<size_t>(n, size);
     uint64_t o = rng() % (size - n + 1);
-    if (rng() % 2) o = o / kBlockSize * kBlockSize;
+    if (rng() % 2) {
+      o = o / kBlockSize * kBlockSize;
+    }
     *off = o;
     *len = n;
   };
@@ -123,7 +125,9 @@ TEST_P(ModelTest, MatchesReferenceDisk) {
       ASSERT_TRUE(vol->Discard(off, len).ok()) << "op " << op;
       const uint64_t lo = (off + kBlockSize - 1) / kBlockSize * kBlockSize;
       const uint64_t hi = (off + len) / kBlockSize * kBlockSize;
-      if (lo < hi) ASSERT_TRUE(reference.WriteZeroes(lo, hi - lo, false).ok());
+      if (lo < hi) {
+        ASSERT_TRUE(reference.WriteZeroes(lo, hi - lo, false).ok());
+      }
     } else if (kind < 94) {  // write zeroes
       ASSERT_TRUE(vol->WriteZeroes(off, len, rng() % 2).ok()) << "op " << op;
       ASSERT_TRUE(reference.WriteZeroes(off, len, false).ok());

@@ -1,0 +1,1079 @@
+#include "libcore/nbd/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <list>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+#include "libcore/nbd/protocol.h"
+
+namespace insitu {
+namespace {
+
+// Option data beyond this is skipped and answered NBD_REP_ERR_TOO_BIG: the
+// largest legitimate option (a meta-context query list) is far smaller.
+constexpr uint32_t kMaxOptionLength = 64 << 10;
+// Charged to every request on top of its payload, so that requests without
+// payload (flush, trim) are bounded in number too.
+constexpr uint64_t kRequestCharge = 4096;
+// One block-status reply looks at most this far and sends at most this many
+// descriptors; the protocol lets a server answer a prefix, and clients ask
+// again from where the answer stopped.
+constexpr uint32_t kMaxBlockStatusQuery = 1u << 30;
+constexpr size_t kMaxBlockStatusDescriptors = 1 << 16;
+constexpr uint64_t kBlockStatusCharge = 8 * kMaxBlockStatusDescriptors + 64;
+constexpr uint32_t kAllocationContextId = 1;
+constexpr int kSendTimeoutSeconds = 60;
+constexpr size_t kDataAlignment = 4096;
+
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) Reset(std::exchange(other.fd_, -1));
+    return *this;
+  }
+  ~UniqueFd() { Reset(); }
+  int get() const { return fd_; }
+  void Reset(int fd = -1) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// Payload buffers are page aligned so that a device doing O_DIRECT can use
+// them without a bounce copy.
+struct FreeDeleter {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+using DataBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
+
+DataBuffer AllocateData(size_t len) {
+  const size_t rounded = (std::max<size_t>(len, 1) + kDataAlignment - 1) / kDataAlignment * kDataAlignment;
+  return DataBuffer(static_cast<uint8_t*>(std::aligned_alloc(kDataAlignment, rounded)));
+}
+
+std::string ErrnoText(int err) { return std::strerror(err); }
+
+// ---- listen specs --------------------------------------------------------
+
+Status ParsePort(std::string_view text, std::string* port) {
+  if (text.empty() || text.size() > 5 ||
+      !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      std::stoul(std::string(text)) > 65535) {
+    return Status::InvalidArgument("bad TCP port '" + std::string(text) + "' (expected 0..65535)");
+  }
+  *port = std::string(text);
+  return Status::OK();
+}
+
+// Splits the part after "tcp:" into host and port; an empty host means
+// loopback, so that nothing is exposed to the network unless asked for.
+Status ParseTcpSpec(std::string_view rest, std::string* host, std::string* port) {
+  std::string_view port_text;
+  if (!rest.empty() && rest.front() == '[') {
+    const size_t close = rest.find(']');
+    if (close == std::string_view::npos || close + 1 >= rest.size() || rest[close + 1] != ':') {
+      return Status::InvalidArgument("expected tcp:[IPV6]:PORT");
+    }
+    *host = std::string(rest.substr(1, close - 1));
+    port_text = rest.substr(close + 2);
+  } else {
+    const size_t colon = rest.rfind(':');
+    if (colon == std::string_view::npos) {
+      host->clear();
+      port_text = rest;
+    } else {
+      *host = std::string(rest.substr(0, colon));
+      port_text = rest.substr(colon + 1);
+    }
+  }
+  if (host->empty()) *host = "127.0.0.1";
+  return ParsePort(port_text, port);
+}
+
+std::string FormatSockaddr(const sockaddr* sa) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (sa->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+    return std::string(text) + ":" + std::to_string(ntohs(in->sin_port));
+  }
+  if (sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+    return "[" + std::string(text) + "]:" + std::to_string(ntohs(in6->sin6_port));
+  }
+  return "unix";
+}
+
+Status MakeUnixAddress(const std::string& path, sockaddr_un* addr) {
+  *addr = {};
+  addr->sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(addr->sun_path)) {
+    return Status::InvalidArgument("Unix socket path '" + path + "' is empty or longer than " +
+                                   std::to_string(sizeof(addr->sun_path) - 1) + " bytes");
+  }
+  std::memcpy(addr->sun_path, path.data(), path.size());
+  return Status::OK();
+}
+
+// Removes a socket file left behind by a server that is gone.  A file that
+// is not a socket, or a socket someone still accepts on, is left alone.
+Status RemoveStaleSocket(const std::string& path, const sockaddr_un& addr) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return Status::OK();
+    return Status::FromErrno(errno, "checking " + path);
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return Status::InvalidArgument(path + " exists and is not a socket; remove it or choose another path");
+  }
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (probe.get() < 0) return Status::FromErrno(errno, "creating a socket");
+  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+    return Status::Busy("another server is already listening on " + path);
+  }
+  if (errno != ECONNREFUSED) return Status::FromErrno(errno, "probing " + path);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno(errno, "removing the stale socket " + path);
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+// ---- ListenSocket --------------------------------------------------------
+
+Status ListenSocket::Open(const std::string& spec, std::unique_ptr<ListenSocket>* out) {
+  std::unique_ptr<ListenSocket> ls(new ListenSocket());
+  if (spec.starts_with("unix:")) {
+    const std::string path = spec.substr(5);
+    sockaddr_un addr;
+    INSITU_RETURN_IF_ERROR(MakeUnixAddress(path, &addr));
+    INSITU_RETURN_IF_ERROR(RemoveStaleSocket(path, addr));
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (fd.get() < 0) return Status::FromErrno(errno, "creating a socket");
+    // The mode set on the unbound socket is the one bind() gives the file on
+    // Linux, so there is no moment when others could connect; the chmod
+    // after bind() makes 0600 certain wherever that does not hold.
+    if (::fchmod(fd.get(), 0600) != 0) return Status::FromErrno(errno, "fchmod on a socket");
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+      return Status::FromErrno(errno, "binding " + spec);
+    }
+    struct stat st;
+    if (::chmod(path.c_str(), 0600) != 0 || ::stat(path.c_str(), &st) != 0) {
+      const int err = errno;
+      ::unlink(path.c_str());
+      return Status::FromErrno(err, "setting the mode of " + path);
+    }
+    ls->unix_path_ = path;
+    ls->unix_dev_ = st.st_dev;
+    ls->unix_ino_ = st.st_ino;
+    if (::listen(fd.get(), SOMAXCONN) != 0) return Status::FromErrno(errno, "listening on " + spec);
+    ls->fd_ = std::exchange(fd, UniqueFd()).get();
+    ls->address_ = "unix:" + path;
+    // Ownership moved by hand: UniqueFd has no release(), and this is the
+    // one place that needs it.
+    *out = std::move(ls);
+    return Status::OK();
+  }
+  if (!spec.starts_with("tcp:")) {
+    return Status::InvalidArgument("bad listen address '" + spec +
+                                   "' (expected unix:PATH or tcp:HOST:PORT)");
+  }
+  std::string host, port;
+  INSITU_RETURN_IF_ERROR(ParseTcpSpec(std::string_view(spec).substr(4), &host, &port));
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const int gai = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (gai != 0) {
+    return Status::InvalidArgument("cannot resolve '" + host + "': " + ::gai_strerror(gai));
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(res, &::freeaddrinfo);
+  Status last = Status::InvalidArgument("no address found for '" + host + "'");
+  for (const addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                         ai->ai_protocol));
+    if (fd.get() < 0) {
+      last = Status::FromErrno(errno, "creating a socket");
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ai->ai_family == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
+      last = Status::FromErrno(errno, "listening on " + spec);
+      continue;
+    }
+    sockaddr_storage bound{};
+    socklen_t len = sizeof(bound);
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &len) != 0) {
+      return Status::FromErrno(errno, "getsockname");
+    }
+    ls->address_ = "tcp:" + FormatSockaddr(reinterpret_cast<const sockaddr*>(&bound));
+    ls->fd_ = std::exchange(fd, UniqueFd()).get();
+    *out = std::move(ls);
+    return Status::OK();
+  }
+  return last;
+}
+
+ListenSocket::~ListenSocket() {
+  if (fd_ >= 0) ::close(fd_);
+  struct stat st;
+  if (!unix_path_.empty() && ::stat(unix_path_.c_str(), &st) == 0 && st.st_dev == unix_dev_ &&
+      st.st_ino == unix_ino_) {
+    ::unlink(unix_path_.c_str());
+  }
+}
+
+// ---- the server ----------------------------------------------------------
+
+namespace {
+
+class Connection;
+
+// One request on its way to a worker.
+struct Job {
+  std::shared_ptr<Connection> conn;
+  nbd::Request req;
+  DataBuffer data;  // the payload of a write
+  uint64_t charge = 0;
+};
+
+// One reply, ready to be written: the header (and any small payload) and,
+// for a read, the data buffer itself, so read data is never copied.
+struct Reply {
+  std::vector<uint8_t> head;
+  DataBuffer data;
+  size_t data_len = 0;
+  uint64_t charge = 0;  // released once the reply is on the wire
+};
+
+}  // namespace
+
+class NbdServer::Impl {
+ public:
+  Impl(BlockDevice* dev, NbdServerOptions opts);
+
+  void Log(const std::string& line) const {
+    if (opts.log) opts.log(line);
+  }
+  void Submit(Job job);
+  void WorkerLoop();
+  Status StartWorkers();
+  void StopWorkers();
+  void AcceptOne(int listen_fd, std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns);
+  void ReapFinished(std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns);
+  void WaitForStop(int timeout_ms) const;
+
+  BlockDevice* const dev;
+  const NbdServerOptions opts;
+  uint16_t transmission_flags = 0;
+  uint32_t preferred_block = 4096;
+
+  std::vector<std::unique_ptr<ListenSocket>> listeners;
+  UniqueFd stop_fd;  // eventfd; readable once Shutdown() was called
+  UniqueFd reap_fd;  // eventfd; a connection thread finished
+  Status init_status;
+  std::atomic<bool> stopping{false};
+
+  std::mutex pool_mu;
+  std::condition_variable pool_cv;
+  std::deque<Job> jobs;
+  bool pool_stop = false;
+  std::vector<std::thread> workers;
+
+  std::atomic<uint64_t> connections{0};
+  std::atomic<uint64_t> connections_total{0};
+  std::atomic<uint64_t> in_flight{0};
+  std::atomic<uint64_t> requests_total{0};
+  std::atomic<uint64_t> bytes_read{0};
+  std::atomic<uint64_t> bytes_written{0};
+};
+
+namespace {
+
+// One client connection.  The reader thread runs Serve(); workers run
+// Execute() and, through Send(), write replies.  The socket stays open
+// until the last reference goes, but is shut down when Serve() ends.
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(NbdServer::Impl* server, UniqueFd fd, std::string peer)
+      : server_(*server), fd_(std::move(fd)), peer_(std::move(peer)) {}
+
+  void Serve();
+  void Execute(Job& job);
+
+ private:
+  enum class Io { kOk, kEof, kStopped, kError };
+  enum class Next { kContinue, kTransmit, kClose };
+
+  void Log(const std::string& what) const { server_.Log("nbd client " + peer_ + ": " + what); }
+  Io Recv(void* buf, size_t len);
+  Io Skip(uint64_t len);
+  bool SendAll(std::span<const uint8_t> bytes);
+  bool SendOptionReply(uint32_t option, uint32_t type, std::string_view message);
+
+  bool Handshake();
+  Next HandleOption(uint32_t option, std::span<const uint8_t> data);
+  Next HandleInfo(uint32_t option, std::span<const uint8_t> data);
+  Next HandleMetaContext(uint32_t option, std::span<const uint8_t> data);
+  bool ExportMatches(const std::string& name) const {
+    return name.empty() || name == server_.opts.export_name;
+  }
+  void EnterTransmission();
+  void Transmit();
+
+  void Reserve(uint64_t charge);
+  void Release(uint64_t charge);
+  void WaitIdle();
+
+  Reply OkReply(const nbd::Request& r) const;
+  Reply ErrorReply(const nbd::Request& r, uint32_t error, std::string_view message) const;
+  void Send(Reply reply);
+  void WriteBatch(std::deque<Reply>* batch);
+
+  NbdServer::Impl& server_;
+  const UniqueFd fd_;
+  const std::string peer_;
+
+  // Negotiated during the handshake, then read-only.
+  bool no_zeroes_ = false;
+  bool structured_ = false;
+  bool meta_allocation_ = false;
+  nbd::TransmissionState state_;
+
+  std::mutex budget_mu_;
+  std::condition_variable budget_cv_;
+  uint64_t inflight_bytes_ = 0;
+  uint64_t inflight_requests_ = 0;
+
+  std::mutex send_mu_;
+  std::deque<Reply> send_queue_;
+  bool sending_ = false;    // some thread holds the send role
+  bool dead_ = false;       // writing failed; replies are dropped (send role only)
+};
+
+Connection::Io Connection::Recv(void* buf, size_t len) {
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    const ssize_t n = ::recv(fd_.get(), p, len, MSG_DONTWAIT);
+    if (n > 0) {
+      p += n;
+      len -= static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) return Io::kEof;
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return Io::kError;
+    // Only block when nothing is buffered, and then also on the stop
+    // event, so Shutdown() reaches a reader waiting for an idle client.
+    pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {server_.stop_fd.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return Io::kError;
+    if (fds[1].revents & POLLIN) return Io::kStopped;
+  }
+  return Io::kOk;
+}
+
+Connection::Io Connection::Skip(uint64_t len) {
+  uint8_t scratch[16384];
+  while (len > 0) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(len, sizeof(scratch)));
+    const Io io = Recv(scratch, n);
+    if (io != Io::kOk) return io;
+    len -= n;
+  }
+  return Io::kOk;
+}
+
+// Used only before transmission starts, when the reader is the only writer.
+bool Connection::SendAll(std::span<const uint8_t> bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    bytes = bytes.subspan(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+bool Connection::SendOptionReply(uint32_t option, uint32_t type, std::string_view message) {
+  std::vector<uint8_t> out;
+  nbd::AppendOptionReply(
+      option, type,
+      std::span(reinterpret_cast<const uint8_t*>(message.data()), message.size()), &out);
+  return SendAll(out);
+}
+
+void Connection::Serve() {
+  if (Handshake()) Transmit();
+  WaitIdle();
+  // Tell the client at once; the descriptor itself closes with the last
+  // reference.
+  ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
+bool Connection::Handshake() {
+  if (!SendAll(nbd::EncodeGreeting(nbd::kFlagFixedNewstyle | nbd::kFlagNoZeroes))) return false;
+  uint8_t flag_bytes[nbd::kClientFlagsSize];
+  if (Recv(flag_bytes, sizeof(flag_bytes)) != Io::kOk) return false;
+  uint32_t client_flags = 0;
+  Status st = nbd::ParseClientFlags(flag_bytes, &client_flags);
+  if (!st.ok()) {
+    Log(st.message() + "; closing");
+    return false;
+  }
+  no_zeroes_ = (client_flags & nbd::kClientFlagNoZeroes) != 0;
+
+  std::vector<uint8_t> data;
+  for (;;) {
+    uint8_t head[nbd::kOptionHeaderSize];
+    if (Recv(head, sizeof(head)) != Io::kOk) return false;
+    nbd::OptionHeader opt;
+    st = nbd::ParseOptionHeader(head, &opt);
+    if (!st.ok()) {
+      Log(st.message() + " during the handshake; closing");
+      return false;
+    }
+    if (opt.length > kMaxOptionLength) {
+      if (opt.option == nbd::kOptExportName) {
+        Log("export name too long; closing");
+        return false;
+      }
+      if (Skip(opt.length) != Io::kOk ||
+          !SendOptionReply(opt.option, nbd::kRepErrTooBig, "option data too long")) {
+        return false;
+      }
+      continue;
+    }
+    data.resize(opt.length);
+    if (Recv(data.data(), data.size()) != Io::kOk) return false;
+    switch (HandleOption(opt.option, data)) {
+      case Next::kContinue:
+        continue;
+      case Next::kTransmit:
+        return true;
+      case Next::kClose:
+        return false;
+    }
+  }
+}
+
+Connection::Next Connection::HandleOption(uint32_t option, std::span<const uint8_t> data) {
+  const auto reply = [&](uint32_t type, std::string_view message) {
+    return SendOptionReply(option, type, message) ? Next::kContinue : Next::kClose;
+  };
+  switch (option) {
+    case nbd::kOptExportName: {
+      const std::string name(data.begin(), data.end());
+      if (!ExportMatches(name)) {
+        // This option has no error reply; the protocol says to disconnect.
+        Log("unknown export '" + name + "'; closing");
+        return Next::kClose;
+      }
+      EnterTransmission();
+      if (!SendAll(nbd::EncodeExportNameReply(state_.export_size, state_.flags, no_zeroes_))) {
+        return Next::kClose;
+      }
+      return Next::kTransmit;
+    }
+    case nbd::kOptAbort:
+      SendOptionReply(option, nbd::kRepAck, "");
+      return Next::kClose;
+    case nbd::kOptList: {
+      if (!data.empty()) return reply(nbd::kRepErrInvalid, "NBD_OPT_LIST takes no data");
+      std::vector<uint8_t> out;
+      nbd::AppendOptionReply(option, nbd::kRepServer,
+                             nbd::EncodeServerEntry(server_.opts.export_name, server_.opts.description),
+                             &out);
+      nbd::AppendOptionReply(option, nbd::kRepAck, {}, &out);
+      return SendAll(out) ? Next::kContinue : Next::kClose;
+    }
+    case nbd::kOptStartTls:
+      if (!data.empty()) return reply(nbd::kRepErrInvalid, "NBD_OPT_STARTTLS takes no data");
+      return reply(nbd::kRepErrUnsup, "this server does not support TLS");
+    case nbd::kOptInfo:
+    case nbd::kOptGo:
+      return HandleInfo(option, data);
+    case nbd::kOptStructuredReply:
+      if (!data.empty()) return reply(nbd::kRepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
+      structured_ = true;
+      return reply(nbd::kRepAck, "");
+    case nbd::kOptListMetaContext:
+    case nbd::kOptSetMetaContext:
+      return HandleMetaContext(option, data);
+    default:
+      return reply(nbd::kRepErrUnsup, "unknown option " + std::to_string(option));
+  }
+}
+
+Connection::Next Connection::HandleInfo(uint32_t option, std::span<const uint8_t> data) {
+  nbd::InfoRequest req;
+  Status st = nbd::ParseInfoRequest(data, &req);
+  if (!st.ok()) {
+    return SendOptionReply(option, nbd::kRepErrInvalid, st.message()) ? Next::kContinue
+                                                                       : Next::kClose;
+  }
+  if (!ExportMatches(req.export_name)) {
+    return SendOptionReply(option, nbd::kRepErrUnknown,
+                           "no export named '" + req.export_name + "'")
+               ? Next::kContinue
+               : Next::kClose;
+  }
+  EnterTransmission();
+  std::vector<uint8_t> out;
+  nbd::AppendOptionReply(option, nbd::kRepInfo,
+                         nbd::EncodeInfoExport(state_.export_size, state_.flags), &out);
+  for (uint16_t type : req.info_types) {
+    if (type == nbd::kInfoName) {
+      nbd::AppendOptionReply(option, nbd::kRepInfo,
+                             nbd::EncodeInfoString(nbd::kInfoName, server_.opts.export_name), &out);
+    } else if (type == nbd::kInfoDescription && !server_.opts.description.empty()) {
+      nbd::AppendOptionReply(
+          option, nbd::kRepInfo,
+          nbd::EncodeInfoString(nbd::kInfoDescription, server_.opts.description), &out);
+    }
+  }
+  // Sent whether asked for or not: a minimum of 1 imposes nothing on a
+  // client that did not ask, and tells one that did the maximum.
+  nbd::AppendOptionReply(
+      option, nbd::kRepInfo,
+      nbd::EncodeInfoBlockSize(1, server_.preferred_block, NbdServer::kMaxPayload), &out);
+  nbd::AppendOptionReply(option, nbd::kRepAck, {}, &out);
+  if (!SendAll(out)) return Next::kClose;
+  return option == nbd::kOptGo ? Next::kTransmit : Next::kContinue;
+}
+
+Connection::Next Connection::HandleMetaContext(uint32_t option, std::span<const uint8_t> data) {
+  const bool set = option == nbd::kOptSetMetaContext;
+  // A SET replaces the selection even when it fails.
+  if (set) meta_allocation_ = false;
+  const auto fail = [&](uint32_t type, const std::string& message) {
+    return SendOptionReply(option, type, message) ? Next::kContinue : Next::kClose;
+  };
+  if (!structured_) return fail(nbd::kRepErrInvalid, "negotiate structured replies first");
+  nbd::MetaContextRequest req;
+  Status st = nbd::ParseMetaContextRequest(data, &req);
+  if (!st.ok()) return fail(nbd::kRepErrInvalid, st.message());
+  if (!ExportMatches(req.export_name)) {
+    return fail(nbd::kRepErrUnknown, "no export named '" + req.export_name + "'");
+  }
+  // "base:" is a wildcard when listing and selects nothing when setting;
+  // queries in other namespaces are ignored, as the protocol requires.
+  bool match = !set && req.queries.empty();
+  for (const std::string& q : req.queries) {
+    match = match || q == nbd::kBaseAllocation || (!set && q == "base:");
+  }
+  std::vector<uint8_t> out;
+  if (match) {
+    nbd::AppendOptionReply(
+        option, nbd::kRepMetaContext,
+        nbd::EncodeMetaContext(set ? kAllocationContextId : 0, nbd::kBaseAllocation), &out);
+  }
+  nbd::AppendOptionReply(option, nbd::kRepAck, {}, &out);
+  if (!SendAll(out)) return Next::kClose;
+  if (set) meta_allocation_ = match;
+  return Next::kContinue;
+}
+
+void Connection::EnterTransmission() {
+  state_.export_size = server_.dev->Size();
+  state_.flags = server_.transmission_flags;
+  state_.structured = structured_;
+  state_.meta_allocation = meta_allocation_;
+  state_.max_payload = NbdServer::kMaxPayload;
+}
+
+std::string DescribeRejection(const nbd::Request& r, uint32_t error, uint64_t size) {
+  switch (error) {
+    case nbd::kEperm:
+      return "the export is read-only";
+    case nbd::kEnospc:
+      return "write past the end of the export (" + std::to_string(size) + " bytes)";
+    default:
+      return "invalid request: command " + std::to_string(r.type) + ", flags " +
+             std::to_string(r.flags) + ", offset " + std::to_string(r.offset) + ", length " +
+             std::to_string(r.length) + " (export size " + std::to_string(size) + ")";
+  }
+}
+
+void Connection::Transmit() {
+  while (!server_.stopping.load()) {
+    uint8_t head[nbd::kRequestHeaderSize];
+    if (Recv(head, sizeof(head)) != Io::kOk) return;
+    nbd::Request req;
+    Status st = nbd::ParseRequestHeader(head, &req);
+    if (!st.ok()) {
+      Log(st.message() + "; closing");
+      return;
+    }
+    if (req.type == nbd::kCmdDisc) return;
+    server_.requests_total++;
+    const bool is_write = req.type == nbd::kCmdWrite;
+    if (is_write && req.length > NbdServer::kMaxPayload) {
+      Log("write of " + std::to_string(req.length) + " bytes exceeds the " +
+          std::to_string(NbdServer::kMaxPayload) + "-byte maximum; closing");
+      return;
+    }
+    uint32_t error = nbd::CheckRequest(req, state_);
+    uint64_t charge = kRequestCharge;
+    if (error == 0 && (is_write || req.type == nbd::kCmdRead)) charge += req.length;
+    if (error == 0 && req.type == nbd::kCmdBlockStatus) charge += kBlockStatusCharge;
+    Reserve(charge);
+
+    Job job{shared_from_this(), req, nullptr, charge};
+    if (is_write) {
+      if (error == 0) {
+        job.data = AllocateData(req.length);
+        if (!job.data) error = nbd::kEnomem;
+      }
+      // A rejected write's payload is still on the wire and must be read
+      // past to find the next request.
+      const Io io = job.data ? Recv(job.data.get(), req.length) : Skip(req.length);
+      if (io != Io::kOk) {
+        Release(charge);
+        return;
+      }
+    }
+    if (error != 0) {
+      Reply reply = ErrorReply(req, error,
+                               error == nbd::kEnomem ? "out of memory"
+                                                     : DescribeRejection(req, error, state_.export_size));
+      reply.charge = charge;
+      Send(std::move(reply));
+      continue;
+    }
+    server_.Submit(std::move(job));
+  }
+}
+
+void Connection::Reserve(uint64_t charge) {
+  std::unique_lock<std::mutex> lock(budget_mu_);
+  // An idle connection always admits one request, whatever its size.
+  budget_cv_.wait(lock, [&] {
+    return inflight_requests_ == 0 || inflight_bytes_ + charge <= server_.opts.max_inflight_bytes;
+  });
+  inflight_bytes_ += charge;
+  inflight_requests_++;
+  server_.in_flight++;
+}
+
+void Connection::Release(uint64_t charge) {
+  server_.in_flight--;
+  {
+    std::lock_guard<std::mutex> lock(budget_mu_);
+    inflight_bytes_ -= charge;
+    inflight_requests_--;
+  }
+  budget_cv_.notify_all();
+}
+
+void Connection::WaitIdle() {
+  std::unique_lock<std::mutex> lock(budget_mu_);
+  budget_cv_.wait(lock, [&] { return inflight_requests_ == 0; });
+}
+
+Reply Connection::OkReply(const nbd::Request& r) const {
+  // A simple reply is valid for every successful command but a read, and
+  // is the shorter one.
+  const auto head = nbd::EncodeSimpleReply(0, r.cookie);
+  return Reply{{head.begin(), head.end()}, nullptr, 0, 0};
+}
+
+Reply Connection::ErrorReply(const nbd::Request& r, uint32_t error, std::string_view message) const {
+  if (structured_) {
+    return Reply{nbd::EncodeErrorChunk(nbd::kReplyFlagDone, r.cookie, error, message), nullptr, 0, 0};
+  }
+  // A simple error reply to a read carries no data, as the protocol asks.
+  const auto head = nbd::EncodeSimpleReply(error, r.cookie);
+  return Reply{{head.begin(), head.end()}, nullptr, 0, 0};
+}
+
+void Connection::Execute(Job& job) {
+  const nbd::Request& r = job.req;
+  BlockDevice& dev = *server_.dev;
+  const bool fua = (r.flags & nbd::kCmdFlagFua) != 0;
+  Status st;
+  Reply reply;
+  switch (r.type) {
+    case nbd::kCmdRead: {
+      DataBuffer buf = AllocateData(r.length);
+      if (!buf) {
+        st = Status::FromErrno(ENOMEM, "allocating a read buffer");
+        break;
+      }
+      if (r.length > 0) st = dev.Read(r.offset, buf.get(), r.length);
+      if (!st.ok()) break;
+      server_.bytes_read += r.length;
+      if (!structured_) {
+        const auto head = nbd::EncodeSimpleReply(0, r.cookie);
+        reply = Reply{{head.begin(), head.end()}, std::move(buf), r.length, 0};
+      } else if (r.length == 0) {
+        // A data chunk must carry at least one byte.
+        const auto head = nbd::EncodeChunkHeader(nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
+        reply = Reply{{head.begin(), head.end()}, nullptr, 0, 0};
+      } else {
+        const auto head = nbd::EncodeOffsetDataHeader(nbd::kReplyFlagDone, r.cookie, r.offset, r.length);
+        reply = Reply{{head.begin(), head.end()}, std::move(buf), r.length, 0};
+      }
+      break;
+    }
+    case nbd::kCmdWrite:
+      st = dev.Write(r.offset, job.data.get(), r.length, fua);
+      if (st.ok()) server_.bytes_written += r.length;
+      job.data.reset();
+      break;
+    case nbd::kCmdFlush:
+      if (!server_.opts.read_only) st = dev.Flush();
+      break;
+    case nbd::kCmdTrim:
+      st = dev.Discard(r.offset, r.length);
+      if (st.ok() && fua) st = dev.Flush();
+      break;
+    case nbd::kCmdWriteZeroes:
+      // NO_HOLE needs nothing: every device here reads zeros back either
+      // way, and the volume allocates no space for zeros in any case.
+      st = dev.WriteZeroes(r.offset, r.length, fua);
+      break;
+    case nbd::kCmdCache:
+      // The range was validated; there is no cache here to warm.
+      break;
+    case nbd::kCmdBlockStatus: {
+      const uint32_t len = std::min(r.length, kMaxBlockStatusQuery);
+      std::vector<AllocationRun> runs;
+      st = dev.GetAllocation(r.offset, len, &runs);
+      if (!st.ok()) break;
+      const size_t limit = (r.flags & nbd::kCmdFlagReqOne) ? 1 : kMaxBlockStatusDescriptors;
+      const auto descriptors = nbd::AllocationToDescriptors(runs, len, limit);
+      if (descriptors.empty()) {
+        st = Status::IOError("the device returned an empty allocation map");
+        break;
+      }
+      reply = Reply{nbd::EncodeBlockStatusChunk(nbd::kReplyFlagDone, r.cookie, kAllocationContextId,
+                                                descriptors),
+                    nullptr, 0, 0};
+      break;
+    }
+  }
+  if (!st.ok()) {
+    const uint32_t error = nbd::ErrnoToNbdError(st.err());
+    // Device failures are the server's news, not the client's: the client
+    // gets the error class, the log gets the details.
+    const bool client_fault = st.code() == Status::Code::kInvalidArgument ||
+                              st.code() == Status::Code::kOutOfRange ||
+                              st.code() == Status::Code::kNoSpace;
+    if (!client_fault) Log("command " + std::to_string(r.type) + " failed: " + st.ToString());
+    reply = ErrorReply(r, error, client_fault ? st.message() : ErrnoText(st.err()));
+  } else if (reply.head.empty()) {
+    reply = OkReply(r);
+  }
+  reply.charge = job.charge;
+  Send(std::move(reply));
+}
+
+// Whoever finds the send role free takes it and writes every queued reply,
+// including ones queued by others meanwhile; the others return at once.
+void Connection::Send(Reply reply) {
+  std::deque<Reply> batch;
+  {
+    std::lock_guard<std::mutex> lock(send_mu_);
+    send_queue_.push_back(std::move(reply));
+    if (sending_) return;
+    sending_ = true;
+  }
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(send_mu_);
+      if (send_queue_.empty()) {
+        sending_ = false;
+        return;
+      }
+      batch.swap(send_queue_);
+    }
+    WriteBatch(&batch);
+    uint64_t charge = 0;
+    size_t count = batch.size();
+    for (const Reply& r : batch) charge += r.charge;
+    batch.clear();  // free the buffers before admitting more requests
+    while (count-- > 1) Release(0);
+    Release(charge);
+  }
+}
+
+void Connection::WriteBatch(std::deque<Reply>* batch) {
+  if (dead_) return;
+  std::vector<iovec> iov;
+  iov.reserve(batch->size() * 2);
+  for (Reply& r : *batch) {
+    iov.push_back({r.head.data(), r.head.size()});
+    if (r.data_len > 0) iov.push_back({r.data.get(), r.data_len});
+  }
+  size_t i = 0;
+  while (i < iov.size()) {
+    msghdr msg{};
+    msg.msg_iov = &iov[i];
+    msg.msg_iovlen = std::min<size_t>(iov.size() - i, IOV_MAX);
+    const ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        Log("client has not read replies for " + std::to_string(kSendTimeoutSeconds) +
+            " s; disconnecting");
+      }
+      // The reader may be blocked in recv(); shutting the socket down ends it.
+      dead_ = true;
+      ::shutdown(fd_.get(), SHUT_RDWR);
+      return;
+    }
+    size_t left = static_cast<size_t>(n);
+    while (left > 0) {
+      if (left >= iov[i].iov_len) {
+        left -= iov[i].iov_len;
+        i++;
+      } else {
+        iov[i].iov_base = static_cast<uint8_t*>(iov[i].iov_base) + left;
+        iov[i].iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// ---- NbdServer::Impl -----------------------------------------------------
+
+NbdServer::Impl::Impl(BlockDevice* device, NbdServerOptions options)
+    : dev(device), opts(std::move(options)) {
+  transmission_flags = nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendCache |
+                       nbd::kFlagCanMultiConn;
+  if (opts.read_only) {
+    transmission_flags |= nbd::kFlagReadOnly;
+  } else {
+    transmission_flags |= nbd::kFlagSendFua | nbd::kFlagSendTrim | nbd::kFlagSendWriteZeroes;
+  }
+  // The protocol wants a power of two from 512 up; anything else a device
+  // reports is replaced by the usual page size.
+  const uint32_t pref = dev->PreferredBlockSize();
+  if (pref >= 512 && pref <= kMaxPayload && (pref & (pref - 1)) == 0) preferred_block = pref;
+  stop_fd.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  reap_fd.Reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (stop_fd.get() < 0 || reap_fd.get() < 0) init_status = Status::FromErrno(errno, "eventfd");
+}
+
+void NbdServer::Impl::Submit(Job job) {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu);
+    jobs.push_back(std::move(job));
+  }
+  pool_cv.notify_one();
+}
+
+void NbdServer::Impl::WorkerLoop() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock<std::mutex> lock(pool_mu);
+      pool_cv.wait(lock, [&] { return pool_stop || !jobs.empty(); });
+      if (jobs.empty()) return;
+      job = std::move(jobs.front());
+      jobs.pop_front();
+    }
+    job.conn->Execute(job);
+  }
+}
+
+Status NbdServer::Impl::StartWorkers() {
+  const unsigned n = opts.threads > 0 ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
+  try {
+    for (unsigned i = 0; i < n; i++) workers.emplace_back([this] { WorkerLoop(); });
+  } catch (const std::system_error& e) {
+    StopWorkers();
+    return Status::IOError(std::string("cannot start worker threads: ") + e.what());
+  }
+  return Status::OK();
+}
+
+void NbdServer::Impl::StopWorkers() {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu);
+    pool_stop = true;
+  }
+  pool_cv.notify_all();
+  for (std::thread& t : workers) t.join();
+  workers.clear();
+}
+
+void NbdServer::Impl::WaitForStop(int timeout_ms) const {
+  pollfd fd{stop_fd.get(), POLLIN, 0};
+  ::poll(&fd, 1, timeout_ms);
+}
+
+void NbdServer::Impl::AcceptOne(int listen_fd,
+                                std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns) {
+  sockaddr_storage peer{};
+  socklen_t peer_len = sizeof(peer);
+  UniqueFd fd(::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+      // The pending connection keeps the listener readable; pause instead
+      // of spinning until descriptors or memory come back.
+      Log("cannot accept a connection: " + ErrnoText(err));
+      WaitForStop(100);
+    }
+    return;
+  }
+  if (connections.load() >= opts.max_connections) {
+    Log("too many connections (" + std::to_string(opts.max_connections) + "); refusing one");
+    return;
+  }
+  const int one = 1;
+  if (peer.ss_family != AF_UNIX) ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  const timeval send_timeout{kSendTimeoutSeconds, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
+
+  auto conn = std::make_shared<Connection>(this, std::move(fd),
+                                           FormatSockaddr(reinterpret_cast<sockaddr*>(&peer)));
+  connections++;
+  connections_total++;
+  try {
+    std::thread t([this, conn] {
+      conn->Serve();
+      connections--;
+      const uint64_t one_event = 1;
+      // Wakes Run() to join this thread; failure only delays the join.
+      [[maybe_unused]] ssize_t n = ::write(reap_fd.get(), &one_event, sizeof(one_event));
+    });
+    conns->emplace_back(std::move(conn), std::move(t));
+  } catch (const std::system_error& e) {
+    connections--;
+    Log(std::string("cannot start a thread for a new connection: ") + e.what());
+  }
+}
+
+void NbdServer::Impl::ReapFinished(std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns) {
+  uint64_t events = 0;
+  [[maybe_unused]] ssize_t n = ::read(reap_fd.get(), &events, sizeof(events));
+  for (auto it = conns->begin(); it != conns->end();) {
+    // use_count 1 means only this list still refers to it: its reader
+    // returned, and no job or reply of it is left.
+    if (it->first.use_count() == 1) {
+      it->second.join();
+      it = conns->erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// ---- NbdServer -----------------------------------------------------------
+
+NbdServer::NbdServer(BlockDevice* dev, NbdServerOptions opts)
+    : impl_(std::make_unique<Impl>(dev, std::move(opts))) {}
+
+NbdServer::~NbdServer() = default;
+
+Status NbdServer::Listen(const std::string& spec) {
+  std::unique_ptr<ListenSocket> ls;
+  INSITU_RETURN_IF_ERROR(ListenSocket::Open(spec, &ls));
+  impl_->listeners.push_back(std::move(ls));
+  return Status::OK();
+}
+
+std::vector<std::string> NbdServer::Addresses() const {
+  std::vector<std::string> out;
+  for (const auto& ls : impl_->listeners) out.push_back(ls->address());
+  return out;
+}
+
+Status NbdServer::Run() {
+  Impl& s = *impl_;
+  INSITU_RETURN_IF_ERROR(s.init_status);
+  if (s.listeners.empty()) return Status::InvalidArgument("no listen address given");
+  INSITU_RETURN_IF_ERROR(s.StartWorkers());
+
+  std::list<std::pair<std::shared_ptr<Connection>, std::thread>> conns;
+  std::vector<pollfd> fds;
+  fds.push_back({s.stop_fd.get(), POLLIN, 0});
+  fds.push_back({s.reap_fd.get(), POLLIN, 0});
+  for (const auto& ls : s.listeners) fds.push_back({ls->fd(), POLLIN, 0});
+  Status result;
+  while (!s.stopping.load()) {
+    if (::poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      result = Status::FromErrno(errno, "poll");
+      break;
+    }
+    if (fds[1].revents & POLLIN) s.ReapFinished(&conns);
+    for (size_t i = 2; i < fds.size(); i++) {
+      if (fds[i].revents & POLLIN) s.AcceptOne(fds[i].fd, &conns);
+    }
+  }
+  // Stop accepting first, so clients are refused rather than left waiting.
+  s.listeners.clear();
+  // Readers see the stop event, stop taking requests and return once their
+  // in-flight requests are answered; the workers keep running until then.
+  s.stopping = true;
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(s.stop_fd.get(), &one, sizeof(one));
+  for (auto& [conn, thread] : conns) thread.join();
+  conns.clear();
+  s.StopWorkers();
+  return result;
+}
+
+void NbdServer::Shutdown() {
+  // Only an atomic store and write(2): safe in a signal handler.
+  impl_->stopping.store(true);
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(impl_->stop_fd.get(), &one, sizeof(one));
+}
+
+NbdServerCounters NbdServer::Counters() const {
+  const Impl& s = *impl_;
+  NbdServerCounters c;
+  c.connections = s.connections.load();
+  c.connections_total = s.connections_total.load();
+  c.requests_in_flight = s.in_flight.load();
+  c.requests_total = s.requests_total.load();
+  c.bytes_read = s.bytes_read.load();
+  c.bytes_written = s.bytes_written.load();
+  return c;
+}
+
+}  // namespace insitu

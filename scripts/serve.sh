@@ -1,0 +1,45 @@
+#!/bin/bash
+# One command from a fresh machine to a served volume: installs what is
+# missing, builds, formats ./insitu-demo.img (1 GiB sparse file, lz4) unless
+# it already exists, and serves it over NBD on a Unix socket in the
+# foreground.  Ctrl-C stops the daemon cleanly (the volume is marked clean).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMG=./insitu-demo.img
+SOCK=/tmp/insitu-demo.sock
+CTL=/tmp/insitu-demo.ctl
+URI="nbd+unix:///?socket=$SOCK"
+
+scripts/deps.sh
+scripts/build.sh
+
+if [[ -e $IMG ]]; then
+  echo "Using the existing volume $IMG (delete it to start from a fresh one)"
+else
+  build/insitu format --size 1G --compress lz4 "$IMG"
+fi
+
+# Sockets left by a daemon that was killed would make the bind fail; they
+# are removed only when no daemon answers on them.
+if [[ -S $CTL ]] && build/insitu status "$CTL" >/dev/null 2>&1; then
+  echo "A demo daemon is already serving $SOCK; stop it first." >&2
+  exit 1
+fi
+rm -f "$SOCK" "$CTL"
+
+cat <<MSG
+
+Serving $IMG on $SOCK (control socket $CTL).
+Connect from another terminal:
+  nbdinfo "$URI"                          export size, block sizes, flags
+  nbdinfo --map "$URI"                    which ranges hold data
+  qemu-img info "$URI"
+  mkdir -p /tmp/insitu-fuse && nbdfuse /tmp/insitu-fuse/disk --unix $SOCK &
+                                          the volume as a file: /tmp/insitu-fuse/disk
+                                          (fusermount3 -u /tmp/insitu-fuse to detach)
+  build/insitu status $CTL        live counters
+Press Ctrl-C to stop.
+
+MSG
+exec build/insitud "$IMG" --listen "unix:$SOCK" --control "$CTL"

@@ -1,0 +1,63 @@
+#!/bin/bash
+# One command from a fresh machine to a tested tree: installs what is
+# missing, builds, runs every test (unit, model and integration), then
+# builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs
+# the unit and model tests under them.  Prints a summary; exits 1 if any
+# step failed.  Some integration tests need root (losetup, mount) and
+# /dev/fuse.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+jobs=$(nproc)
+summary=()
+failed=0
+
+# step NAME COMMAND...: runs it, records PASS/FAIL, returns its success.
+step() {
+  local name=$1
+  shift
+  echo "=== $name"
+  if "$@"; then
+    summary+=("PASS  $name")
+    return 0
+  fi
+  summary+=("FAIL  $name")
+  failed=1
+  return 1
+}
+
+# A failed build must not run the tests: they would test stale binaries.
+skip() {
+  summary+=("SKIP  $1 (build failed)")
+}
+
+if ! step "install dependencies" scripts/deps.sh; then
+  echo "cannot install the dependencies; stopping" >&2
+  exit 1
+fi
+
+if step "build" scripts/build.sh; then
+  # Integration tests run one at a time: they start daemons, FUSE mounts
+  # and loop devices, and time-sensitive steps should not fight for CPUs.
+  step "unit and model tests" ctest --test-dir build -LE integration --output-on-failure -j "$jobs"
+  step "integration tests" ctest --test-dir build -L integration --output-on-failure
+else
+  skip "unit and model tests"
+  skip "integration tests"
+fi
+
+if step "build (asan+ubsan)" scripts/build.sh asan; then
+  step "unit and model tests (asan+ubsan)" \
+    ctest --test-dir build-asan -L unit --output-on-failure -j "$jobs"
+else
+  skip "unit and model tests (asan+ubsan)"
+fi
+
+echo
+echo "=== summary"
+printf '  %s\n' "${summary[@]}"
+if [[ $failed -ne 0 ]]; then
+  echo "FAILED"
+  exit 1
+fi
+echo "all passed"
