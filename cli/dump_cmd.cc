@@ -80,9 +80,19 @@ void AddDumpOptions(CLI::App* cmd, DumpArgs* args) {
       ->required();
   cmd->add_flag("--json", args->json,
                 "Print one JSON object {\"superblock\", \"stats\", \"extents\"} instead of text");
-  cmd->add_flag("--extents,!--no-extents", args->extents,
-                "Include the extent map (default), or leave it out: it has one line per extent, "
-                "which is long on a big volume");
+  CLI::Option* with = cmd->add_flag_callback(
+      "--extents", [args] { args->extents = true; }, "Include the extent map (the default)");
+  CLI::Option* without = cmd->add_flag_callback(
+      "--no-extents", [args] { args->extents = false; },
+      "Leave the extent map out (it has one line per extent: long on a big volume)");
+  with->excludes(without);
+  cmd->footer(R"(Examples:
+  insitu dump vol.img                        everything, as text
+  insitu dump --no-extents vol.img           superblock and counters only
+  insitu dump --json vol.img | jq .stats     counters, for a script
+
+Exit status: 0 success, 1 error (TARGET missing or not an insitu volume),
+2 invalid command line.  See insitu(8).)");
 }
 
 int RunDump(const std::string& prog, const DumpArgs& args) {

@@ -24,6 +24,7 @@
 #include "cli/util.h"
 #include "libcore/file_device.h"
 #include "libcore/superblock.h"
+#include "libcore/volume_json.h"
 
 namespace insitu::cli {
 namespace {
@@ -143,12 +144,13 @@ void PrintSummary(const std::string& target, const format::Superblock& sb) {
                                      " s and on flush/FUA)";
   const uint64_t meta_bytes = sb.meta_pages * 2 * kBlockSize;
   std::cout << "Created insitu volume on " << target << "\n"
+            << "  uuid:            " << SuperblockToJson(sb).at("uuid").get<std::string>() << "\n"
             << "  device size:     " << HumanBytes(sb.device_bytes) << " (" << sb.device_bytes
             << " bytes)\n"
             << "  data blocks:     " << sb.data_blocks << " x 4 KiB ("
             << HumanBytes(sb.data_blocks * kBlockSize) << " logical)\n"
-            << "  metadata:        " << sb.meta_pages << " pages, stored twice ("
-            << HumanBytes(meta_bytes) << ")\n"
+            << "  metadata:        " << sb.meta_pages << (sb.meta_pages == 1 ? " page" : " pages")
+            << ", stored twice (" << HumanBytes(meta_bytes) << ")\n"
             << "  compression:     " << FormatCodecSpec(codec) << "\n"
             << "  metadata mode:   " << mode << "\n"
             << "  extent max:      " << HumanBytes(uint64_t{sb.extent_max_blocks} * kBlockSize)
@@ -237,6 +239,16 @@ int RunFormat(const std::string& prog, const FormatArgs& args) {
     }
   }
 
+  // A file this command created is removed again if the format fails, so
+  // a failed attempt leaves nothing behind that looks like a volume.
+  struct RemoveUnlessFormatted {
+    const std::string* path;
+    bool formatted = false;
+    ~RemoveUnlessFormatted() {
+      if (path && !formatted) unlink(path->c_str());
+    }
+  } created{exists ? nullptr : &args.target};
+
   FileDeviceOptions rw;
   rw.create = !exists;
   rw.size = args.size.value_or(0);
@@ -264,6 +276,7 @@ int RunFormat(const std::string& prog, const FormatArgs& args) {
                          (rd.ok() ? primary_error : rd.message()) + "); the device may be failing");
     return kExitError;
   }
+  created.formatted = true;
   if (!args.quiet) PrintSummary(args.target, sb);
   return kExitOk;
 }

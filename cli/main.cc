@@ -67,7 +67,6 @@ int InsituMain(int argc, char** argv) {
       "A volume lives on a block device or a file and is served over NBD by insitud.",
       "insitu"};
   app.set_version_flag("--version", std::string("insitu ") + INSITU_VERSION);
-  app.require_subcommand(1);
   app.footer(R"(Examples:
   insitu format --size 10G vol.img          create a 10 GiB volume file
   insitud --listen unix:/tmp/vol.sock --control /tmp/vol.ctl vol.img
@@ -93,10 +92,15 @@ Exit status: 0 success, 1 error, 2 invalid command line.)");
       "status", "Show live counters of a running insitud through its control socket");
   AddStatusOptions(status_cmd, &status);
 
+  // The subcommand is checked here rather than with CLI11's
+  // require_subcommand(), which would answer a mistyped command with "A
+  // subcommand is required" instead of naming the word it did not know.
   if (const int rc = Parse(app, argc, argv); rc >= 0) return rc;
   if (format_cmd->parsed()) return RunFormat("insitu format", format);
   if (dump_cmd->parsed()) return RunDump("insitu dump", dump);
-  return RunStatus("insitu status", status);
+  if (status_cmd->parsed()) return RunStatus("insitu status", status);
+  PrintError("insitu", "no command given; run 'insitu --help' to see the commands");
+  return kExitUsage;
 }
 
 }  // namespace

@@ -131,7 +131,9 @@ void PrintText(const json& r) {
   };
 
   line("device:", Text(Field(r, "device")));
-  line("export:", Text(Field(r, "export")));
+  // NBD clients reach the export with the empty name when they give none.
+  const std::string export_name = Text(Field(r, "export"));
+  line("export:", export_name.empty() ? "\"\" (the default export)" : export_name);
   line("uuid:", Text(sb("uuid")));
   std::string codec = Text(sb("codec"));
   if (sb("codec_level").is_number_integer() && sb("codec_level").get<int>() != 0) {
@@ -191,6 +193,12 @@ void AddStatusOptions(CLI::App* cmd, StatusArgs* args) {
                   "The daemon's control socket (the path given to insitud --control)")
       ->required();
   cmd->add_flag("--json", args->json, "Print the daemon's reply as JSON, unchanged in content");
+  cmd->footer(R"(Examples:
+  insitu status /tmp/vol.ctl
+  insitu status --json /tmp/vol.ctl | jq .volume.compression_ratio
+
+Exit status: 0 success, 1 error (daemon not reachable, no answer within
+10 s, or an error reply), 2 invalid command line.  See insitu(8).)");
 }
 
 int RunStatus(const std::string& prog, const StatusArgs& args) {

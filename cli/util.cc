@@ -47,8 +47,11 @@ std::string HumanBytes(uint64_t bytes) {
     v /= 1024.0;
     ++unit;
   }
+  // Exact sizes (the common case for volumes and extents) read better
+  // without decimals: "128 KiB", "1 GiB".
+  const bool exact = bytes % (uint64_t{1} << (10 * (unit + 1))) == 0;
   char out[32];
-  std::snprintf(out, sizeof(out), "%.2f %s", v, kUnits[unit]);
+  std::snprintf(out, sizeof(out), exact ? "%.0f %s" : "%.2f %s", v, kUnits[unit]);
   return out;
 }
 

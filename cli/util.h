@@ -22,7 +22,7 @@ inline constexpr int kExitUsage = 2;
 // shows the accepted form.
 Status ParseSize(std::string_view text, uint64_t* out);
 
-// "512 B", "4.00 KiB", "1.50 GiB": binary units, two decimals.
+// "512 B", "4 KiB", "1.50 GiB": binary units, two decimals unless exact.
 std::string HumanBytes(uint64_t bytes);
 
 // Prints "PROG: MESSAGE" on stderr; every error of every command goes

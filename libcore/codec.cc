@@ -6,6 +6,7 @@
 #include <array>
 #include <charconv>
 #include <cstring>
+#include <vector>
 
 #include "libcore/codec_internal.h"
 
@@ -159,6 +160,13 @@ Status Codec::Create(const CodecSpec& spec, std::unique_ptr<Codec>* out) {
 }
 
 namespace codec_internal {
+
+uint8_t* ThreadScratch(size_t n) {
+  thread_local std::vector<uint8_t> scratch;
+  if (scratch.size() < n) scratch.resize(n);
+  return scratch.data();
+}
+
 namespace {
 
 // "none": the caller stores every block raw, so the payload is the data.

@@ -1,11 +1,6 @@
 // lzo1x-1 through liblzo2.
-//
-// lzo1x_1_compress() has no output bound: it needs the worst case
-// n + n/16 + 64 + 3 bytes of room, so output goes to a per-thread scratch
-// buffer unless the caller's buffer is already that large.
 #include <lzo/lzo1x.h>
 
-#include <cstring>
 #include <vector>
 
 #include "libcore/codec_internal.h"
@@ -13,37 +8,21 @@
 namespace insitu::codec_internal {
 namespace {
 
+// lzo1x_1_compress() takes no output bound; it may need this much room.
 size_t WorstCase(size_t n) { return n + n / 16 + 64 + 3; }
-
-// Per-thread state: the compressor's dictionary and the overflow output.
-// Vectors allocate through operator new, which aligns for lzo_align_t.
-struct LzoScratch {
-  std::vector<uint8_t> work = std::vector<uint8_t>(LZO1X_1_MEM_COMPRESS);
-  std::vector<uint8_t> out;
-};
-
-LzoScratch& ThreadScratch() {
-  thread_local LzoScratch scratch;
-  return scratch;
-}
 
 class LzoCodec final : public Codec {
  public:
   CodecId id() const override { return CodecId::kLzo; }
 
   size_t Compress(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) const override {
-    LzoScratch& s = ThreadScratch();
-    uint8_t* out = dst;
-    if (cap < WorstCase(n)) {
-      if (s.out.size() < WorstCase(n)) s.out.resize(WorstCase(n));
-      out = s.out.data();
-    }
-    lzo_uint out_len = 0;
-    if (lzo1x_1_compress(src, n, out, &out_len, s.work.data()) != LZO_E_OK || out_len > cap) {
-      return 0;
-    }
-    if (out != dst) std::memcpy(dst, out, out_len);
-    return out_len;
+    // The compressor's dictionary, per thread.  operator new aligns it for
+    // lzo_align_t.
+    thread_local std::vector<uint8_t> work(LZO1X_1_MEM_COMPRESS);
+    return CompressBounded(WorstCase(n), dst, cap, [&](uint8_t* out, size_t) -> size_t {
+      lzo_uint out_len = 0;
+      return lzo1x_1_compress(src, n, out, &out_len, work.data()) == LZO_E_OK ? out_len : 0;
+    });
   }
 
   Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {

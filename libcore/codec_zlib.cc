@@ -6,6 +6,7 @@
 // for one level; a codec of another level on the same thread rebuilds it.
 #include <zlib.h>
 
+#include <algorithm>
 #include <climits>
 
 #include "libcore/codec_internal.h"
@@ -78,13 +79,13 @@ class ZlibCodec final : public Codec {
     thread_local Deflater deflater;
     z_stream* zs = deflater.Get(level_);
     if (zs == nullptr || n > UINT_MAX) return 0;
-    zs->next_in = const_cast<Bytef*>(src);  // zlib's API is not const-correct
-    zs->avail_in = static_cast<uInt>(n);
-    zs->next_out = dst;
-    zs->avail_out = static_cast<uInt>(cap > UINT_MAX ? UINT_MAX : cap);
-    // Anything but Z_STREAM_END means the output did not fit.
-    if (deflate(zs, Z_FINISH) != Z_STREAM_END) return 0;
-    return zs->total_out;
+    return CompressBounded(deflateBound(zs, n), dst, cap, [&](uint8_t* out, size_t out_cap) {
+      zs->next_in = const_cast<Bytef*>(src);  // zlib's API is not const-correct
+      zs->avail_in = static_cast<uInt>(n);
+      zs->next_out = out;
+      zs->avail_out = static_cast<uInt>(std::min<size_t>(out_cap, UINT_MAX));
+      return deflate(zs, Z_FINISH) == Z_STREAM_END ? static_cast<size_t>(zs->total_out) : 0;
+    });
   }
 
   Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {

@@ -24,9 +24,10 @@ class ZstdCodec final : public Codec {
   size_t Compress(const uint8_t* src, size_t n, uint8_t* dst, size_t cap) const override {
     thread_local std::unique_ptr<ZSTD_CCtx, CCtxFree> cctx(ZSTD_createCCtx());
     if (!cctx) return 0;
-    // Errors (dstSize_tooSmall above all) all mean "store raw".
-    const size_t rc = ZSTD_compressCCtx(cctx.get(), dst, cap, src, n, level_);
-    return ZSTD_isError(rc) ? 0 : rc;
+    return CompressBounded(ZSTD_compressBound(n), dst, cap, [&](uint8_t* out, size_t out_cap) {
+      const size_t rc = ZSTD_compressCCtx(cctx.get(), out, out_cap, src, n, level_);
+      return ZSTD_isError(rc) ? 0 : rc;
+    });
   }
 
   Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {

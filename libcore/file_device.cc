@@ -24,8 +24,9 @@ constexpr unsigned kRingEntries = 64;
 constexpr size_t kBounceSize = 1 << 20;
 // One sqe carries at most an `unsigned` length; stay well below and aligned.
 constexpr size_t kMaxTransfer = 1 << 30;
-// Direct I/O is only worth it when a 512-byte payload sector can be written
-// without read-modify-write by the file system.
+// Volumes write 512-byte payload sectors; with a coarser direct-I/O
+// alignment each of those would become a read-modify-write here, which the
+// page cache does better.
 constexpr uint32_t kMaxDirectOffsetAlign = 512;
 constexpr uint32_t kMaxDirectMemAlign = AlignedBuffer::kAlignment;
 constexpr size_t kSectorLockStripes = 64;
@@ -83,8 +84,9 @@ class Ring {
       } while (rc == -EINTR);
     }
     if (rc < 0) {
-      // The ring itself failed; rebuild it so that no half-submitted sqe is
-      // picked up by this thread's next request.
+      // Only a broken ring fails here (EINTR, EAGAIN and EBUSY were
+      // retried).  Rebuild it so that no half-submitted sqe is picked up by
+      // this thread's next request.
       Exit();
       Init();
       return rc;
@@ -132,8 +134,8 @@ int Fallocate(int fd, int mode, uint64_t offset, uint64_t len) {
   return rc == 0 ? 0 : errno;
 }
 
-// The largest direct-I/O alignment this build can satisfy for a regular
-// file, or 0 when it should be opened buffered.
+// Sets *align and *mem_align to a regular file's direct-I/O alignment, or
+// *align to 0 when the file should stay buffered.
 void ProbeFileDirectIo(int fd, uint64_t size, uint32_t* align, uint32_t* mem_align) {
   struct statx stx {};
   *align = 0;
@@ -244,8 +246,9 @@ struct FileDevice::Impl {
   Status WriteAny(uint64_t offset, const uint8_t* buf, size_t len, bool fua) {
     // Transfer() takes a mutable buffer only so reads and writes share it;
     // a write never stores into it.
-    if (Aligned(offset, len, buf))
+    if (Aligned(offset, len, buf)) {
       return Transfer(true, const_cast<uint8_t*>(buf), len, offset, fua);
+    }
     const uint64_t end = offset + len;
     const uint64_t mid_start = AlignUp(offset, align);
     const uint64_t mid_end = AlignDown(end, align);

@@ -59,6 +59,7 @@ class UniqueFd {
   }
   ~UniqueFd() { Reset(); }
   int get() const { return fd_; }
+  int Release() { return std::exchange(fd_, -1); }
   void Reset(int fd = -1) {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
@@ -198,10 +199,8 @@ Status ListenSocket::Open(const std::string& spec, std::unique_ptr<ListenSocket>
     ls->unix_dev_ = st.st_dev;
     ls->unix_ino_ = st.st_ino;
     if (::listen(fd.get(), SOMAXCONN) != 0) return Status::FromErrno(errno, "listening on " + spec);
-    ls->fd_ = std::exchange(fd, UniqueFd()).get();
+    ls->fd_ = fd.Release();
     ls->address_ = "unix:" + path;
-    // Ownership moved by hand: UniqueFd has no release(), and this is the
-    // one place that needs it.
     *out = std::move(ls);
     return Status::OK();
   }
@@ -242,7 +241,7 @@ Status ListenSocket::Open(const std::string& spec, std::unique_ptr<ListenSocket>
       return Status::FromErrno(errno, "getsockname");
     }
     ls->address_ = "tcp:" + FormatSockaddr(reinterpret_cast<const sockaddr*>(&bound));
-    ls->fd_ = std::exchange(fd, UniqueFd()).get();
+    ls->fd_ = fd.Release();
     *out = std::move(ls);
     return Status::OK();
   }
@@ -336,6 +335,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Serve();
   void Execute(Job& job);
 
+  // Set by the connection's thread when it is about to exit.
+  std::atomic<bool> finished{false};
+
  private:
   enum class Io { kOk, kEof, kStopped, kError };
   enum class Next { kContinue, kTransmit, kClose };
@@ -357,7 +359,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Transmit();
 
   void Reserve(uint64_t charge);
-  void Release(uint64_t charge);
+  void Release(uint64_t charge, uint64_t requests = 1);
   void WaitIdle();
 
   Reply OkReply(const nbd::Request& r) const;
@@ -692,12 +694,12 @@ void Connection::Reserve(uint64_t charge) {
   server_.in_flight++;
 }
 
-void Connection::Release(uint64_t charge) {
-  server_.in_flight--;
+void Connection::Release(uint64_t charge, uint64_t requests) {
+  server_.in_flight -= requests;
   {
     std::lock_guard<std::mutex> lock(budget_mu_);
     inflight_bytes_ -= charge;
-    inflight_requests_--;
+    inflight_requests_ -= requests;
   }
   budget_cv_.notify_all();
 }
@@ -826,11 +828,10 @@ void Connection::Send(Reply reply) {
     }
     WriteBatch(&batch);
     uint64_t charge = 0;
-    size_t count = batch.size();
+    const uint64_t count = batch.size();
     for (const Reply& r : batch) charge += r.charge;
     batch.clear();  // free the buffers before admitting more requests
-    while (count-- > 1) Release(0);
-    Release(charge);
+    Release(charge, count);
   }
 }
 
@@ -967,14 +968,21 @@ void NbdServer::Impl::AcceptOne(int listen_fd,
   const timeval send_timeout{kSendTimeoutSeconds, 0};
   ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
 
-  auto conn = std::make_shared<Connection>(this, std::move(fd),
-                                           FormatSockaddr(reinterpret_cast<sockaddr*>(&peer)));
+  std::string peer_name = FormatSockaddr(reinterpret_cast<sockaddr*>(&peer));
+  ucred cred{};
+  socklen_t cred_len = sizeof(cred);
+  if (peer.ss_family == AF_UNIX &&
+      ::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0) {
+    peer_name += " pid " + std::to_string(cred.pid);
+  }
+  auto conn = std::make_shared<Connection>(this, std::move(fd), std::move(peer_name));
   connections++;
   connections_total++;
   try {
     std::thread t([this, conn] {
       conn->Serve();
       connections--;
+      conn->finished = true;
       const uint64_t one_event = 1;
       // Wakes Run() to join this thread; failure only delays the join.
       [[maybe_unused]] ssize_t n = ::write(reap_fd.get(), &one_event, sizeof(one_event));
@@ -990,9 +998,7 @@ void NbdServer::Impl::ReapFinished(std::list<std::pair<std::shared_ptr<Connectio
   uint64_t events = 0;
   [[maybe_unused]] ssize_t n = ::read(reap_fd.get(), &events, sizeof(events));
   for (auto it = conns->begin(); it != conns->end();) {
-    // use_count 1 means only this list still refers to it: its reader
-    // returned, and no job or reply of it is left.
-    if (it->first.use_count() == 1) {
+    if (it->first->finished.load()) {
       it->second.join();
       it = conns->erase(it);
     } else {

@@ -88,7 +88,9 @@ TEST_P(CodecTest, RoundTripsCompressibleData) {
       }
       ASSERT_GT(len, 0u) << "kind " << static_cast<int>(kind) << " size " << n;
       ASSERT_LE(len, payload.size());
-      if (kind != DataKind::kMixed) EXPECT_LT(len, n / 2) << "weak compression of easy data";
+      if (kind != DataKind::kMixed) {
+        EXPECT_LT(len, n / 2) << "weak compression of easy data";
+      }
       payload.resize(len);
       std::vector<uint8_t> out;
       ASSERT_TRUE(DecompressChecked(*codec_, payload, n, &out).ok());
@@ -114,9 +116,12 @@ TEST_P(CodecTest, IncompressibleDataDeclinesATightCapOrRoundTrips) {
 }
 
 TEST_P(CodecTest, CapOneByteShortOfTheOutputReturnsZero) {
-  if (is_none()) GTEST_SKIP() << "none never compresses";
   const std::vector<uint8_t> in = MakeData(DataKind::kText, 65536, 7);
   const std::vector<uint8_t> full = CompressAll(*codec_, in);
+  if (is_none()) {
+    EXPECT_TRUE(full.empty()) << "none must leave every block raw";
+    return;
+  }
   ASSERT_FALSE(full.empty());
   std::vector<uint8_t> dst(full.size() + kGuard, kGuardByte);
   EXPECT_EQ(codec_->Compress(in.data(), in.size(), dst.data(), full.size() - 1), 0u);
@@ -207,7 +212,7 @@ TEST_P(CodecTest, ConcurrentUseOfOneCodec) {
   EXPECT_EQ(failures.load(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(AllCodecs, CodecTest,
+INSTANTIATE_TEST_SUITE_P(Codec, CodecTest,
                          ::testing::Values("none", "lzo", "zlib", "zlib:1", "zlib:9", "zstd",
                                            "zstd:3", "zstd:-5", "zstd:19", "lz4", "lz4:9"),
                          [](const ::testing::TestParamInfo<std::string>& info) {
@@ -225,10 +230,10 @@ TEST(CodecSpecTest, ParsesGoodSpecs) {
     int level;
   };
   const Case cases[] = {
-      {"none", CodecId::kNone, 0},   {"lzo", CodecId::kLzo, 0},     {"LZO", CodecId::kLzo, 0},
-      {"zlib", CodecId::kZlib, 0},   {"zlib:1", CodecId::kZlib, 1}, {"Zlib:9", CodecId::kZlib, 9},
-      {"zstd", CodecId::kZstd, 0},   {"ZSTD:19", CodecId::kZstd, 19},
-      {"zstd:-3", CodecId::kZstd, -3}, {"lz4", CodecId::kLz4, 0},   {"lz4:12", CodecId::kLz4, 12},
+      {"none", CodecId::kNone, 0}, {"lzo", CodecId::kLzo, 0},       {"LZO", CodecId::kLzo, 0},
+      {"zlib", CodecId::kZlib, 0}, {"zlib:1", CodecId::kZlib, 1},   {"Zlib:9", CodecId::kZlib, 9},
+      {"zstd", CodecId::kZstd, 0}, {"ZSTD:19", CodecId::kZstd, 19}, {"zstd:-3", CodecId::kZstd, -3},
+      {"lz4", CodecId::kLz4, 0},   {"lz4:12", CodecId::kLz4, 12},
   };
   for (const Case& c : cases) {
     CodecSpec spec;
@@ -240,9 +245,9 @@ TEST(CodecSpecTest, ParsesGoodSpecs) {
 }
 
 TEST(CodecSpecTest, RejectsBadSpecsWithHelpfulMessages) {
-  const char* bad[] = {"",        "gzip",   "lz",     "zlib:0",  "zlib:10", "zlib:", "zlib:abc",
-                       "zlib:5x", "zlib:+5", "lzo:1", "none:3", "lz4:13",  "lz4:0", "zstd:0",
-                       "zstd:99", "zstd::1", " lz4",  "lz4 "};
+  const char* bad[] = {
+      "",      "gzip",   "lz",     "zlib:0", "zlib:10", "zlib:",   "zlib:abc", "zlib:5x", "zlib:+5",
+      "lzo:1", "none:3", "lz4:13", "lz4:0",  "zstd:0",  "zstd:99", "zstd::1",  " lz4",    "lz4 "};
   for (const char* text : bad) {
     CodecSpec spec;
     const Status st = ParseCodecSpec(text, &spec);
@@ -282,7 +287,8 @@ TEST(CodecSpecTest, CreateValidatesSpecsFromDisk) {
             Status::Code::kInvalidArgument);
   EXPECT_EQ(Codec::Create({CodecId::kZlib, 12}, &codec).code(), Status::Code::kInvalidArgument);
   EXPECT_EQ(Codec::Create({CodecId::kLzo, 3}, &codec).code(), Status::Code::kInvalidArgument);
-  for (CodecId id : {CodecId::kNone, CodecId::kLzo, CodecId::kZlib, CodecId::kZstd, CodecId::kLz4}) {
+  for (CodecId id :
+       {CodecId::kNone, CodecId::kLzo, CodecId::kZlib, CodecId::kZstd, CodecId::kLz4}) {
     ASSERT_TRUE(Codec::Create({id, 0}, &codec).ok());
     EXPECT_EQ(codec->id(), id);
   }

@@ -29,6 +29,11 @@ struct ModelConfig {
   uint32_t extent_max_blocks;
 };
 
+void PrintTo(const ModelConfig& c, std::ostream* os) {
+  *os << c.codec << (c.mode == format::MetaMode::kWriteThrough ? " writethrough " : " writeback ")
+      << c.extent_max_blocks * 4 << "k";
+}
+
 std::string ConfigName(const ::testing::TestParamInfo<ModelConfig>& info) {
   std::string name = info.param.codec;
   for (char& c : name) {

@@ -1,0 +1,464 @@
+#include "libcore/file_device.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "libcore/aligned_buffer.h"
+
+namespace insitu {
+namespace {
+
+std::string TempDir() {
+  const char* dir = std::getenv("TMPDIR");
+  return (dir != nullptr && *dir != '\0') ? dir : "/tmp";
+}
+
+// A uniquely named empty file, removed when the test ends.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& dir) {
+    std::string name = dir + "/insitu-file-device-XXXXXX";
+    const int fd = mkstemp(name.data());
+    if (fd >= 0) {
+      close(fd);
+      path_ = name;
+    }
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  ~TempFile() {
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::vector<uint8_t> RandomBytes(std::mt19937_64& rng, size_t n) {
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+// Runs each test with O_DIRECT allowed (true) and with buffered I/O.
+class FileDeviceTest : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { ASSERT_FALSE(file_.path().empty()) << "mkstemp in " << TempDir(); }
+
+  FileDeviceOptions Options(uint64_t size) const {
+    FileDeviceOptions opts;
+    opts.allow_direct = GetParam();
+    opts.create = true;
+    opts.size = size;
+    return opts;
+  }
+
+  std::unique_ptr<FileDevice> OpenDevice(uint64_t size) {
+    std::unique_ptr<FileDevice> dev;
+    const Status st = FileDevice::Open(file_.path(), Options(size), &dev);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return dev;
+  }
+
+  static std::vector<uint8_t> ReadAll(FileDevice* dev) {
+    std::vector<uint8_t> all(dev->Size());
+    const Status st = dev->Read(0, all.data(), all.size());
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return all;
+  }
+
+  // Writes `data` at `offset` from a buffer displaced by `shift` bytes from
+  // a 4 KiB boundary, so buffer alignment varies independently.
+  static Status WriteShifted(FileDevice* dev, uint64_t offset, const std::vector<uint8_t>& data,
+                             size_t shift, bool fua) {
+    AlignedBuffer buf(data.size() + shift);
+    std::memcpy(buf.data() + shift, data.data(), data.size());
+    return dev->Write(offset, buf.data() + shift, data.size(), fua);
+  }
+
+  static Status ReadShifted(FileDevice* dev, uint64_t offset, size_t len, size_t shift,
+                            std::vector<uint8_t>* out) {
+    AlignedBuffer buf(len + shift);
+    const Status st = dev->Read(offset, buf.data() + shift, len);
+    out->assign(buf.data() + shift, buf.data() + shift + len);
+    return st;
+  }
+
+  TempFile file_{TempDir()};
+};
+
+TEST_P(FileDeviceTest, CreatesResizesAndDescribes) {
+  {
+    auto dev = OpenDevice(1 << 20);
+    ASSERT_NE(dev, nullptr);
+    EXPECT_EQ(dev->Size(), 1u << 20);
+    EXPECT_FALSE(dev->is_block_device());
+    EXPECT_EQ(dev->Describe(), "file:" + file_.path());
+    EXPECT_LT(dev->AllocatedBytes(), 65536u) << "a new file should be sparse";
+    std::cout << "[ info     ] " << TempDir() << ": allow_direct=" << GetParam()
+              << " uses_direct_io=" << dev->uses_direct_io() << "\n";
+    RecordProperty("uses_direct_io", dev->uses_direct_io() ? "true" : "false");
+  }
+  auto bigger = OpenDevice(2 << 20);
+  ASSERT_NE(bigger, nullptr);
+  EXPECT_EQ(bigger->Size(), 2u << 20);
+  bigger.reset();
+  FileDeviceOptions keep;
+  keep.allow_direct = GetParam();
+  std::unique_ptr<FileDevice> same;
+  ASSERT_TRUE(FileDevice::Open(file_.path(), keep, &same).ok());
+  EXPECT_EQ(same->Size(), 2u << 20);
+  struct stat st {};
+  ASSERT_EQ(stat(file_.path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 2 << 20);
+}
+
+TEST_P(FileDeviceTest, RandomIoMatchesReferenceAndSurvivesReopen) {
+  constexpr uint64_t kSize = 4 << 20;
+  auto dev = OpenDevice(kSize);
+  ASSERT_NE(dev, nullptr);
+  std::vector<uint8_t> ref(kSize, 0);
+  std::mt19937_64 rng(1);
+  for (int op = 0; op < 400; ++op) {
+    uint64_t offset;
+    size_t len;
+    if (rng() % 2) {  // block aligned offset and length
+      len = 4096 * (1 + rng() % 16);
+      offset = 4096 * (rng() % ((kSize - len) / 4096 + 1));
+    } else {
+      len = 1 + rng() % 70000;
+      offset = rng() % (kSize - len + 1);
+    }
+    const size_t shift = (rng() % 3 == 0) ? 0 : rng() % 4096;
+    if (rng() % 3 != 0) {
+      const std::vector<uint8_t> data = RandomBytes(rng, len);
+      const Status st = WriteShifted(dev.get(), offset, data, shift, rng() % 4 == 0);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      std::copy(data.begin(), data.end(), ref.begin() + static_cast<ptrdiff_t>(offset));
+    } else {
+      std::vector<uint8_t> got;
+      const Status st = ReadShifted(dev.get(), offset, len, shift, &got);
+      ASSERT_TRUE(st.ok()) << st.ToString();
+      ASSERT_TRUE(std::equal(got.begin(), got.end(), ref.begin() + static_cast<ptrdiff_t>(offset)))
+          << "op " << op << " read " << len << " at " << offset << " shift " << shift;
+    }
+  }
+  ASSERT_TRUE(dev->Flush().ok());
+  dev.reset();
+  dev = OpenDevice(0);
+  ASSERT_NE(dev, nullptr);
+  EXPECT_TRUE(ReadAll(dev.get()) == ref);
+}
+
+TEST_P(FileDeviceTest, LargeUnalignedTransfersSpanManyBounceBuffers) {
+  auto dev = OpenDevice(8 << 20);
+  ASSERT_NE(dev, nullptr);
+  std::mt19937_64 rng(2);
+  const std::vector<uint8_t> data = RandomBytes(rng, (3 << 20) + 123);
+  ASSERT_TRUE(WriteShifted(dev.get(), 777, data, 5, false).ok());
+  std::vector<uint8_t> got;
+  ASSERT_TRUE(ReadShifted(dev.get(), 777, data.size(), 3, &got).ok());
+  EXPECT_TRUE(got == data);
+  // Aligned offset and length but an unaligned buffer.
+  ASSERT_TRUE(WriteShifted(dev.get(), 4 << 20, data, 1, true).ok());
+  ASSERT_TRUE(ReadShifted(dev.get(), 4 << 20, data.size(), 0, &got).ok());
+  EXPECT_TRUE(got == data);
+}
+
+TEST_P(FileDeviceTest, FlushAndFuaWritesSucceed) {
+  auto dev = OpenDevice(1 << 20);
+  ASSERT_NE(dev, nullptr);
+  AlignedBuffer block(4096);
+  std::memset(block.data(), 0x5A, 4096);
+  ASSERT_TRUE(dev->Write(8192, block.data(), 4096, true).ok());
+  ASSERT_TRUE(dev->Write(100, block.data(), 10, true).ok());
+  ASSERT_TRUE(dev->Write(0, block.data(), 0, true).ok());
+  ASSERT_TRUE(dev->Flush().ok());
+  std::vector<uint8_t> got;
+  ASSERT_TRUE(ReadShifted(dev.get(), 8192, 4096, 0, &got).ok());
+  EXPECT_EQ(got, std::vector<uint8_t>(4096, 0x5A));
+}
+
+TEST_P(FileDeviceTest, DiscardPunchesARealHole) {
+  constexpr uint64_t kSize = 2 << 20;
+  auto dev = OpenDevice(kSize);
+  ASSERT_NE(dev, nullptr);
+  std::mt19937_64 rng(3);
+  const std::vector<uint8_t> data = RandomBytes(rng, kSize);
+  ASSERT_TRUE(WriteShifted(dev.get(), 0, data, 0, false).ok());
+  ASSERT_TRUE(dev->Flush().ok());
+  const uint64_t before = dev->AllocatedBytes();
+  ASSERT_GE(before, kSize);
+
+  ASSERT_TRUE(dev->Discard(512 << 10, 1 << 20).ok());
+  EXPECT_LE(dev->AllocatedBytes(), before - (1 << 20) + 65536);
+  std::vector<uint8_t> expect = data;
+  std::fill_n(expect.begin() + (512 << 10), 1 << 20, 0);
+  EXPECT_TRUE(ReadAll(dev.get()) == expect);
+
+  std::vector<AllocationRun> runs;
+  ASSERT_TRUE(dev->GetAllocation(0, kSize, &runs).ok());
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[0].length, 512u << 10);
+  EXPECT_FALSE(runs[0].hole);
+  EXPECT_EQ(runs[1].length, 1u << 20);
+  EXPECT_TRUE(runs[1].hole);
+  EXPECT_TRUE(runs[1].zero);
+  EXPECT_EQ(runs[2].length, 512u << 10);
+  EXPECT_FALSE(runs[2].hole);
+}
+
+TEST_P(FileDeviceTest, UnalignedDiscardAndWriteZeroesAffectExactlyTheirRange) {
+  constexpr uint64_t kSize = 256 << 10;
+  auto dev = OpenDevice(kSize);
+  ASSERT_NE(dev, nullptr);
+  std::vector<uint8_t> ref(kSize, 0x11);
+  ASSERT_TRUE(WriteShifted(dev.get(), 0, ref, 0, false).ok());
+  struct Op {
+    bool discard;
+    uint64_t offset, len;
+    bool fua;
+  };
+  const Op ops[] = {{true, 1000, 10000, false},   {false, 4096, 65536, false},
+                    {false, 100001, 3333, true},  {true, 200000, 7, false},
+                    {false, kSize - 5, 5, false}, {true, 0, 0, false}};
+  for (const Op& op : ops) {
+    const Status st =
+        op.discard ? dev->Discard(op.offset, op.len) : dev->WriteZeroes(op.offset, op.len, op.fua);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    std::fill_n(ref.begin() + static_cast<ptrdiff_t>(op.offset), op.len, 0);
+    ASSERT_TRUE(ReadAll(dev.get()) == ref)
+        << (op.discard ? "discard " : "zeroes ") << op.len << " at " << op.offset;
+  }
+}
+
+TEST_P(FileDeviceTest, GetAllocationDescribesASparseFile) {
+  auto dev = OpenDevice(1 << 20);
+  ASSERT_NE(dev, nullptr);
+  AlignedBuffer block(4096);
+  std::memset(block.data(), 1, 4096);
+  ASSERT_TRUE(dev->Write(65536, block.data(), 4096, false).ok());
+  ASSERT_TRUE(dev->Flush().ok());
+
+  std::vector<AllocationRun> runs;
+  ASSERT_TRUE(dev->GetAllocation(0, 1 << 20, &runs).ok());
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_TRUE(runs[0].hole && runs[0].zero);
+  EXPECT_EQ(runs[0].length, 65536u);
+  EXPECT_FALSE(runs[1].hole || runs[1].zero);
+  EXPECT_EQ(runs[1].length, 4096u);
+  EXPECT_TRUE(runs[2].hole);
+  EXPECT_EQ(runs[2].length, (1u << 20) - 65536 - 4096);
+
+  ASSERT_TRUE(dev->GetAllocation(61440, 8192, &runs).ok());
+  ASSERT_EQ(runs.size(), 2u);
+  EXPECT_TRUE(runs[0].hole);
+  EXPECT_EQ(runs[0].length, 4096u);
+  EXPECT_FALSE(runs[1].hole);
+  EXPECT_EQ(runs[1].length, 4096u);
+
+  ASSERT_TRUE(dev->GetAllocation(65536 + 100, 50, &runs).ok());
+  ASSERT_EQ(runs.size(), 1u);
+  EXPECT_FALSE(runs[0].hole);
+  EXPECT_EQ(runs[0].length, 50u);
+}
+
+TEST_P(FileDeviceTest, RejectsRangesPastTheEnd) {
+  auto dev = OpenDevice(65536);
+  ASSERT_NE(dev, nullptr);
+  std::vector<uint8_t> buf(8192);
+  std::vector<AllocationRun> runs;
+  EXPECT_EQ(dev->Read(61440, buf.data(), 8192).code(), Status::Code::kOutOfRange);
+  EXPECT_EQ(dev->Write(65536, buf.data(), 1, false).code(), Status::Code::kOutOfRange);
+  EXPECT_EQ(dev->Write(UINT64_MAX - 10, buf.data(), 100, false).code(), Status::Code::kOutOfRange);
+  EXPECT_EQ(dev->Discard(0, 65537).code(), Status::Code::kOutOfRange);
+  EXPECT_EQ(dev->WriteZeroes(65535, 2, false).code(), Status::Code::kOutOfRange);
+  EXPECT_EQ(dev->GetAllocation(1, 65536, &runs).code(), Status::Code::kOutOfRange);
+  EXPECT_TRUE(dev->Read(65536, buf.data(), 0).ok());
+}
+
+TEST_P(FileDeviceTest, ReadOnlyRejectsEveryWrite) {
+  {
+    auto dev = OpenDevice(65536);
+    ASSERT_NE(dev, nullptr);
+    std::vector<uint8_t> data(100, 7);
+    ASSERT_TRUE(dev->Write(10, data.data(), data.size(), true).ok());
+  }
+  FileDeviceOptions opts;
+  opts.read_only = true;
+  opts.allow_direct = GetParam();
+  std::unique_ptr<FileDevice> dev;
+  ASSERT_TRUE(FileDevice::Open(file_.path(), opts, &dev).ok());
+  std::vector<uint8_t> got(100);
+  ASSERT_TRUE(dev->Read(10, got.data(), got.size()).ok());
+  EXPECT_EQ(got, std::vector<uint8_t>(100, 7));
+  for (const Status& st : {dev->Write(0, got.data(), 10, false), dev->Discard(0, 4096),
+                           dev->WriteZeroes(0, 4096, false)}) {
+    EXPECT_FALSE(st.ok());
+    EXPECT_EQ(st.err(), EROFS);
+    EXPECT_NE(st.message().find("read-only"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find(file_.path()), std::string::npos) << st.message();
+  }
+  ASSERT_TRUE(dev->Read(10, got.data(), got.size()).ok());
+  EXPECT_EQ(got, std::vector<uint8_t>(100, 7));
+
+  opts.create = true;
+  EXPECT_EQ(FileDevice::Open(file_.path(), opts, &dev).code(), Status::Code::kInvalidArgument);
+}
+
+TEST_P(FileDeviceTest, ConcurrentWritesToDisjointRegions) {
+  constexpr int kThreads = 4;
+  constexpr uint64_t kRegion = 512 << 10;
+  auto dev = OpenDevice(kThreads * kRegion);
+  ASSERT_NE(dev, nullptr);
+  std::vector<std::vector<uint8_t>> refs(kThreads, std::vector<uint8_t>(kRegion, 0));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(50 + t);
+      for (int i = 0; i < 150; ++i) {
+        const size_t len = 1 + rng() % 40000;
+        const uint64_t off = rng() % (kRegion - len + 1);
+        const std::vector<uint8_t> data = RandomBytes(rng, len);
+        if (!WriteShifted(dev.get(), t * kRegion + off, data, rng() % 64, i % 10 == 0).ok()) {
+          ++failures;
+        }
+        std::copy(data.begin(), data.end(), refs[t].begin() + static_cast<ptrdiff_t>(off));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  const std::vector<uint8_t> all = ReadAll(dev.get());
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_TRUE(std::equal(refs[t].begin(), refs[t].end(), all.begin() + t * kRegion)) << t;
+  }
+}
+
+// Pieces of 100 bytes straddle sector boundaries, so with O_DIRECT threads
+// read-modify-write the same sectors for disjoint bytes.
+TEST_P(FileDeviceTest, ConcurrentSubSectorWritesDoNotUndoEachOther) {
+  constexpr int kThreads = 4;
+  constexpr size_t kPiece = 100;
+  constexpr size_t kPieces = 160;
+  auto dev = OpenDevice(65536);
+  ASSERT_NE(dev, nullptr);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(70 + t);
+      std::vector<size_t> mine;
+      for (size_t p = t; p < kPieces; p += kThreads) mine.push_back(p);
+      for (uint8_t pass = 1; pass <= 3; ++pass) {
+        std::shuffle(mine.begin(), mine.end(), rng);
+        for (size_t p : mine) {
+          const std::vector<uint8_t> data(kPiece, static_cast<uint8_t>(pass * 16 + t));
+          if (!dev->Write(p * kPiece, data.data(), kPiece, false).ok()) ++failures;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(failures.load(), 0);
+  std::vector<uint8_t> got(kPiece * kPieces);
+  ASSERT_TRUE(dev->Read(0, got.data(), got.size()).ok());
+  for (size_t p = 0; p < kPieces; ++p) {
+    const auto want = static_cast<uint8_t>(3 * 16 + p % kThreads);
+    for (size_t i = 0; i < kPiece; ++i) {
+      ASSERT_EQ(got[p * kPiece + i], want) << "piece " << p << " byte " << i;
+    }
+  }
+}
+
+TEST_P(FileDeviceTest, FileOfUnalignedSizeWorksBuffered) {
+  constexpr uint64_t kSize = 100003;
+  auto dev = OpenDevice(kSize);
+  ASSERT_NE(dev, nullptr);
+  EXPECT_FALSE(dev->uses_direct_io()) << "the tail sector could not be written directly";
+  std::vector<uint8_t> tail(3000, 9);
+  ASSERT_TRUE(dev->Write(kSize - tail.size(), tail.data(), tail.size(), false).ok());
+  std::vector<uint8_t> got(tail.size());
+  ASSERT_TRUE(dev->Read(kSize - got.size(), got.data(), got.size()).ok());
+  EXPECT_EQ(got, tail);
+}
+
+TEST_P(FileDeviceTest, FileTruncatedBehindOurBackIsAClearError) {
+  auto dev = OpenDevice(1 << 20);
+  ASSERT_NE(dev, nullptr);
+  ASSERT_EQ(truncate(file_.path().c_str(), 4096), 0);
+  std::vector<uint8_t> got(4096);
+  const Status st = dev->Read(65536, got.data(), got.size());
+  EXPECT_EQ(st.code(), Status::Code::kIOError);
+  EXPECT_NE(st.message().find("ended early"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find(file_.path()), std::string::npos) << st.message();
+}
+
+INSTANTIATE_TEST_SUITE_P(FileDevice, FileDeviceTest, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "DirectAllowed" : "Buffered";
+                         });
+
+TEST(FileDeviceOpenTest, MissingFileWithoutCreateSaysWhatAndWhere) {
+  std::string path;
+  {
+    TempFile gone(TempDir());
+    path = gone.path() + "-missing";
+  }
+  std::unique_ptr<FileDevice> dev;
+  const Status st = FileDevice::Open(path, FileDeviceOptions{}, &dev);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(st.err(), ENOENT);
+  EXPECT_NE(st.message().find(path), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("No such file"), std::string::npos) << st.message();
+  EXPECT_EQ(dev, nullptr);
+}
+
+TEST(FileDeviceOpenTest, RejectsCharacterDevices) {
+  FileDeviceOptions opts;
+  opts.read_only = true;
+  std::unique_ptr<FileDevice> dev;
+  const Status st = FileDevice::Open("/dev/null", opts, &dev);
+  EXPECT_EQ(st.code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(st.message().find("/dev/null"), std::string::npos) << st.message();
+}
+
+// tmpfs has no direct-I/O alignment to report (or refuses O_DIRECT): the
+// device must fall back to buffered I/O and work.
+TEST(FileDeviceOpenTest, WorksOnTmpfs) {
+  struct stat st {};
+  if (stat("/dev/shm", &st) != 0 || access("/dev/shm", W_OK) != 0) {
+    GTEST_SKIP() << "no writable /dev/shm";
+  }
+  TempFile file("/dev/shm");
+  ASSERT_FALSE(file.path().empty());
+  FileDeviceOptions opts;
+  opts.size = 1 << 20;
+  std::unique_ptr<FileDevice> dev;
+  const Status s = FileDevice::Open(file.path(), opts, &dev);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  std::cout << "[ info     ] /dev/shm: uses_direct_io=" << dev->uses_direct_io() << "\n";
+  std::vector<uint8_t> data(5000, 3);
+  ASSERT_TRUE(dev->Write(777, data.data(), data.size(), true).ok());
+  std::vector<uint8_t> got(data.size());
+  ASSERT_TRUE(dev->Read(777, got.data(), got.size()).ok());
+  EXPECT_EQ(got, data);
+  ASSERT_TRUE(dev->Discard(0, 1 << 20).ok());
+  ASSERT_TRUE(dev->Read(777, got.data(), got.size()).ok());
+  EXPECT_EQ(got, std::vector<uint8_t>(data.size(), 0));
+}
+
+}  // namespace
+}  // namespace insitu

@@ -1,0 +1,942 @@
+// NbdServer against a real client (libnbd) and against a raw socket that
+// sends what no well-behaved client would.
+#include "libcore/nbd/server.h"
+
+#include <gtest/gtest.h>
+#include <libnbd.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "libcore/mem_device.h"
+#include "libcore/nbd/protocol.h"
+
+namespace insitu {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uint64_t kMiB = 1 << 20;
+
+// ---- test devices --------------------------------------------------------
+
+// Counts what the server asked of the device.
+class RecordingDevice : public MemDevice {
+ public:
+  using MemDevice::MemDevice;
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
+    (fua ? fua_writes : writes)++;
+    return MemDevice::Write(offset, buf, len, fua);
+  }
+  Status Flush() override {
+    flushes++;
+    return MemDevice::Flush();
+  }
+  Status Discard(uint64_t offset, uint64_t len) override {
+    discards++;
+    return MemDevice::Discard(offset, len);
+  }
+  Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override {
+    (fua ? fua_zeroes : zeroes)++;
+    return MemDevice::WriteZeroes(offset, len, fua);
+  }
+  std::atomic<int> writes{0}, fua_writes{0}, flushes{0}, discards{0}, zeroes{0}, fua_zeroes{0};
+};
+
+// 1 MiB: data, then a hole reported in 4 KiB pieces (to be merged), then
+// zeros that are allocated, then a hole to the end.
+class HoleyDevice : public MemDevice {
+ public:
+  HoleyDevice() : MemDevice(kMiB) {}
+  Status GetAllocation(uint64_t offset, uint64_t len, std::vector<AllocationRun>* runs) override {
+    INSITU_RETURN_IF_ERROR(CheckRange(offset, len));
+    runs->clear();
+    const uint64_t end = offset + len;
+    for (uint64_t pos = offset; pos < end;) {
+      AllocationRun run;
+      uint64_t limit;
+      if (pos < 64 * 1024) {
+        limit = 64 * 1024;
+      } else if (pos < 192 * 1024) {
+        limit = (pos / 4096 + 1) * 4096;
+        run.hole = run.zero = true;
+      } else if (pos < 256 * 1024) {
+        limit = 256 * 1024;
+        run.zero = true;
+      } else {
+        limit = kMiB;
+        run.hole = run.zero = true;
+      }
+      run.length = std::min(limit, end) - pos;
+      runs->push_back(run);
+      pos += run.length;
+    }
+    return Status::OK();
+  }
+};
+
+// Holds chosen requests inside the device until the test opens the gate,
+// so that a test can have requests in flight for as long as it needs.
+class GatedDevice : public MemDevice {
+ public:
+  using MemDevice::MemDevice;
+  Status Read(uint64_t offset, void* buf, size_t len) override {
+    if (gate_reads_at == offset) Wait();
+    return MemDevice::Read(offset, buf, len);
+  }
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
+    if (gate_writes) Wait();
+    return MemDevice::Write(offset, buf, len, fua);
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  bool WaitEntered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, 10s, [&] { return entered_ >= n; });
+  }
+  uint64_t gate_reads_at = UINT64_MAX;  // set before serving
+  bool gate_writes = false;
+
+ private:
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_++;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int entered_ = 0;
+  bool open_ = false;
+};
+
+// ---- harness -------------------------------------------------------------
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/insitu-nbd-test-XXXXXX";
+    const char* p = ::mkdtemp(tmpl);
+    EXPECT_NE(p, nullptr);
+    path_ = p ? p : "/tmp";
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+struct NbdCloser {
+  void operator()(nbd_handle* h) const { nbd_close(h); }
+};
+using Nbd = std::unique_ptr<nbd_handle, NbdCloser>;
+
+struct ConnectOptions {
+  std::string export_name{};
+  bool structured = true;
+  bool meta = true;
+  bool strict = true;  // false: let requests the client knows are bad reach the server
+};
+
+// Runs a server on a Unix socket in a temporary directory.
+class Harness {
+ public:
+  explicit Harness(BlockDevice* dev, NbdServerOptions opts = {})
+      : sock(dir.path() + "/nbd.sock"), server(dev, WithDefaults(std::move(opts))) {
+    const Status st = server.Listen("unix:" + sock);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    thread = std::thread([this] {
+      run_status = server.Run();
+      run_returned = true;
+    });
+  }
+  ~Harness() { Stop(); }
+
+  void Stop() {
+    if (!thread.joinable()) return;
+    server.Shutdown();
+    thread.join();
+    EXPECT_TRUE(run_status.ok()) << run_status.ToString();
+  }
+
+  Nbd Connect(const ConnectOptions& o = {}) {
+    Nbd h(nbd_create());
+    if (!h) return nullptr;
+    nbd_set_export_name(h.get(), o.export_name.c_str());
+    nbd_set_request_structured_replies(h.get(), o.structured);
+    if (o.meta) nbd_add_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION);
+    if (!o.strict) nbd_set_strict_mode(h.get(), 0);
+    nbd_set_full_info(h.get(), true);
+    if (nbd_connect_unix(h.get(), sock.c_str()) != 0) return nullptr;
+    return h;
+  }
+
+  // A fresh client can still connect and read: the server survived.
+  void ExpectHealthy() {
+    Nbd h = Connect();
+    ASSERT_NE(h, nullptr) << nbd_get_error();
+    char buf[512];
+    EXPECT_EQ(nbd_pread(h.get(), buf, sizeof(buf), 0, 0), 0) << nbd_get_error();
+  }
+
+  TempDir dir;
+  std::string sock;
+  NbdServer server;
+  std::thread thread;
+  Status run_status;
+  std::atomic<bool> run_returned{false};
+
+ private:
+  static NbdServerOptions WithDefaults(NbdServerOptions o) {
+    if (o.threads == 0) o.threads = 4;
+    return o;
+  }
+};
+
+// Completion callbacks for libnbd's asynchronous calls.
+struct Completion {
+  int index = 0;
+  int error = -1;
+  bool done = false;
+  std::vector<int>* order = nullptr;
+};
+
+int OnComplete(void* user_data, int* error) {
+  auto* c = static_cast<Completion*>(user_data);
+  c->done = true;
+  c->error = *error;
+  if (c->order) c->order->push_back(c->index);
+  return 1;  // retire the command
+}
+
+nbd_completion_callback Callback(Completion* c) {
+  nbd_completion_callback cb{};
+  cb.callback = OnComplete;
+  cb.user_data = c;
+  return cb;
+}
+
+bool PollUntil(nbd_handle* h, const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    if (nbd_poll(h, 1000) < 0) return done();
+  }
+  return true;
+}
+
+std::vector<uint8_t> RandomBytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (uint8_t& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+// ---- handshake -----------------------------------------------------------
+
+TEST(NbdServerTest, HandshakeAdvertisesSizeFlagsAndBlockSizes) {
+  MemDevice dev(8 * kMiB);
+  NbdServerOptions opts;
+  opts.export_name = "vol";
+  opts.description = "test volume";
+  Harness harness(&dev, opts);
+  Nbd h = harness.Connect({.export_name = "vol"});
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  EXPECT_EQ(nbd_get_size(h.get()), int64_t(8 * kMiB));
+  EXPECT_EQ(nbd_is_read_only(h.get()), 0);
+  EXPECT_EQ(nbd_can_flush(h.get()), 1);
+  EXPECT_EQ(nbd_can_fua(h.get()), 1);
+  EXPECT_EQ(nbd_can_trim(h.get()), 1);
+  EXPECT_EQ(nbd_can_zero(h.get()), 1);
+  EXPECT_EQ(nbd_can_cache(h.get()), 1);
+  EXPECT_EQ(nbd_can_multi_conn(h.get()), 1);
+  EXPECT_EQ(nbd_can_df(h.get()), 0);
+  EXPECT_EQ(nbd_can_fast_zero(h.get()), 0);
+  EXPECT_EQ(nbd_can_meta_context(h.get(), LIBNBD_CONTEXT_BASE_ALLOCATION), 1);
+  EXPECT_EQ(nbd_get_structured_replies_negotiated(h.get()), 1);
+  EXPECT_EQ(nbd_get_block_size(h.get(), LIBNBD_SIZE_MINIMUM), 1);
+  EXPECT_EQ(nbd_get_block_size(h.get(), LIBNBD_SIZE_PREFERRED), 4096);
+  EXPECT_EQ(nbd_get_block_size(h.get(), LIBNBD_SIZE_MAXIMUM), 32 << 20);
+  char* name = nbd_get_canonical_export_name(h.get());
+  ASSERT_NE(name, nullptr);
+  EXPECT_STREQ(name, "vol");
+  free(name);
+  char* desc = nbd_get_export_description(h.get());
+  ASSERT_NE(desc, nullptr);
+  EXPECT_STREQ(desc, "test volume");
+  free(desc);
+}
+
+TEST(NbdServerTest, EmptyNameSelectsTheExportAndUnknownNamesFail) {
+  MemDevice dev(kMiB);
+  NbdServerOptions opts;
+  opts.export_name = "vol";
+  Harness harness(&dev, opts);
+  Nbd by_default = harness.Connect();
+  ASSERT_NE(by_default, nullptr) << nbd_get_error();
+  EXPECT_EQ(nbd_get_size(by_default.get()), int64_t(kMiB));
+  EXPECT_EQ(harness.Connect({.export_name = "nope"}), nullptr);
+  harness.ExpectHealthy();
+}
+
+int CollectExport(void* user_data, const char* name, const char* description) {
+  static_cast<std::vector<std::pair<std::string, std::string>>*>(user_data)->emplace_back(
+      name, description);
+  return 0;
+}
+
+int CollectContext(void* user_data, const char* name) {
+  static_cast<std::vector<std::string>*>(user_data)->emplace_back(name);
+  return 0;
+}
+
+TEST(NbdServerTest, ListsExportsAndContextsInOptionMode) {
+  MemDevice dev(kMiB);
+  NbdServerOptions opts;
+  opts.export_name = "vol";
+  opts.description = "the volume";
+  Harness harness(&dev, opts);
+  Nbd h(nbd_create());
+  ASSERT_NE(h, nullptr);
+  ASSERT_EQ(nbd_set_opt_mode(h.get(), true), 0);
+  ASSERT_EQ(nbd_connect_unix(h.get(), harness.sock.c_str()), 0) << nbd_get_error();
+
+  std::vector<std::pair<std::string, std::string>> exports;
+  nbd_list_callback list_cb{};
+  list_cb.callback = CollectExport;
+  list_cb.user_data = &exports;
+  ASSERT_GE(nbd_opt_list(h.get(), list_cb), 0) << nbd_get_error();
+  ASSERT_EQ(exports.size(), 1u);
+  EXPECT_EQ(exports[0].first, "vol");
+  EXPECT_EQ(exports[0].second, "the volume");
+
+  std::vector<std::string> contexts;
+  nbd_context_callback ctx_cb{};
+  ctx_cb.callback = CollectContext;
+  ctx_cb.user_data = &contexts;
+  ASSERT_GE(nbd_opt_list_meta_context(h.get(), ctx_cb), 0) << nbd_get_error();
+  EXPECT_EQ(contexts, std::vector<std::string>{"base:allocation"});
+
+  nbd_set_export_name(h.get(), "nope");
+  EXPECT_EQ(nbd_opt_info(h.get()), -1);
+  nbd_set_export_name(h.get(), "vol");
+  ASSERT_EQ(nbd_opt_info(h.get()), 0) << nbd_get_error();
+  ASSERT_EQ(nbd_opt_go(h.get()), 0) << nbd_get_error();
+  EXPECT_EQ(nbd_get_size(h.get()), int64_t(kMiB));
+}
+
+// ---- data path -----------------------------------------------------------
+
+TEST(NbdServerTest, ReadWriteRoundTripsIncludingUnalignedAndMaximumSize) {
+  MemDevice dev(64 * kMiB);
+  Harness harness(&dev);
+  for (bool structured : {true, false}) {
+    Nbd h = harness.Connect({.structured = structured, .meta = structured});
+    ASSERT_NE(h, nullptr) << nbd_get_error();
+    const auto data = RandomBytes(10001, structured);
+    ASSERT_EQ(nbd_pwrite(h.get(), data.data(), data.size(), 3, 0), 0) << nbd_get_error();
+    std::vector<uint8_t> back(data.size());
+    ASSERT_EQ(nbd_pread(h.get(), back.data(), back.size(), 3, 0), 0) << nbd_get_error();
+    EXPECT_EQ(back, data);
+    EXPECT_TRUE(std::equal(data.begin(), data.end(), dev.contents().begin() + 3));
+
+    const auto big = RandomBytes(NbdServer::kMaxPayload, 7 + structured);
+    ASSERT_EQ(nbd_pwrite(h.get(), big.data(), big.size(), 16 * kMiB, 0), 0) << nbd_get_error();
+    std::vector<uint8_t> big_back(big.size());
+    ASSERT_EQ(nbd_pread(h.get(), big_back.data(), big_back.size(), 16 * kMiB, 0), 0);
+    EXPECT_EQ(big_back, big);
+  }
+}
+
+TEST(NbdServerTest, FuaFlushTrimZeroAndCacheReachTheDevice) {
+  RecordingDevice dev(4 * kMiB);
+  Harness harness(&dev);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  const auto data = RandomBytes(8192, 1);
+  ASSERT_EQ(nbd_pwrite(h.get(), data.data(), data.size(), 0, LIBNBD_CMD_FLAG_FUA), 0);
+  EXPECT_EQ(dev.fua_writes.load(), 1);
+  ASSERT_EQ(nbd_pwrite(h.get(), data.data(), data.size(), 8192, 0), 0);
+  EXPECT_EQ(dev.writes.load(), 1);
+  ASSERT_EQ(nbd_flush(h.get(), 0), 0);
+  EXPECT_EQ(dev.flushes.load(), 1);
+
+  ASSERT_EQ(nbd_trim(h.get(), 4096, 0, 0), 0);
+  EXPECT_EQ(dev.discards.load(), 1);
+  ASSERT_EQ(nbd_trim(h.get(), 4096, 4096, LIBNBD_CMD_FLAG_FUA), 0);
+  EXPECT_EQ(dev.discards.load(), 2);
+  EXPECT_EQ(dev.flushes.load(), 2);  // a trim with FUA is followed by a flush
+  std::vector<uint8_t> back(8192);
+  ASSERT_EQ(nbd_pread(h.get(), back.data(), back.size(), 0, 0), 0);
+  EXPECT_EQ(back, std::vector<uint8_t>(8192, 0));
+
+  // MemDevice may discard by writing zeros, so count from here.
+  const int zeroes = dev.zeroes.load();
+  ASSERT_EQ(nbd_zero(h.get(), 8192, 8192, LIBNBD_CMD_FLAG_NO_HOLE), 0);
+  ASSERT_EQ(nbd_zero(h.get(), 3 * kMiB, 0, LIBNBD_CMD_FLAG_FUA), 0);
+  EXPECT_EQ(dev.zeroes.load(), zeroes + 1);
+  EXPECT_EQ(dev.fua_zeroes.load(), 1);
+  ASSERT_EQ(nbd_pread(h.get(), back.data(), back.size(), 8192, 0), 0);
+  EXPECT_EQ(back, std::vector<uint8_t>(8192, 0));
+
+  ASSERT_EQ(nbd_cache(h.get(), kMiB, 0, 0), 0) << nbd_get_error();
+}
+
+struct Extents {
+  std::vector<uint32_t> entries;  // length, flags, length, flags...
+};
+
+int CollectExtents(void* user_data, const char* context, uint64_t, uint32_t* entries,
+                   size_t nr_entries, int*) {
+  if (std::string(context) == LIBNBD_CONTEXT_BASE_ALLOCATION) {
+    static_cast<Extents*>(user_data)->entries.assign(entries, entries + nr_entries);
+  }
+  return 0;
+}
+
+std::vector<uint32_t> BlockStatus(nbd_handle* h, uint64_t len, uint64_t offset, uint32_t flags) {
+  Extents extents;
+  nbd_extent_callback cb{};
+  cb.callback = CollectExtents;
+  cb.user_data = &extents;
+  EXPECT_EQ(nbd_block_status(h, len, offset, cb, flags), 0) << nbd_get_error();
+  return extents.entries;
+}
+
+TEST(NbdServerTest, BlockStatusReportsDataHolesAndZeros) {
+  MemDevice plain(kMiB);
+  {
+    Harness harness(&plain);
+    Nbd h = harness.Connect();
+    ASSERT_NE(h, nullptr) << nbd_get_error();
+    EXPECT_EQ(BlockStatus(h.get(), kMiB, 0, 0), (std::vector<uint32_t>{uint32_t(kMiB), 0}));
+  }
+  HoleyDevice holey;
+  Harness harness(&holey);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  const uint32_t hz = nbd::kStateHole | nbd::kStateZero;
+  EXPECT_EQ(BlockStatus(h.get(), kMiB, 0, 0),
+            (std::vector<uint32_t>{65536, 0, 131072, hz, 65536, nbd::kStateZero, 786432, hz}));
+  EXPECT_EQ(BlockStatus(h.get(), kMiB, 0, LIBNBD_CMD_FLAG_REQ_ONE),
+            (std::vector<uint32_t>{65536, 0}));
+  EXPECT_EQ(BlockStatus(h.get(), 200000, 100000, 0),
+            (std::vector<uint32_t>{96608, hz, 65536, nbd::kStateZero, 37856, hz}));
+  EXPECT_EQ(BlockStatus(h.get(), 8192, 65536, LIBNBD_CMD_FLAG_REQ_ONE),
+            (std::vector<uint32_t>{8192, hz}));
+}
+
+TEST(NbdServerTest, BlockStatusNeedsTheContext) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  Nbd h = harness.Connect({.meta = false, .strict = false});
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  nbd_extent_callback cb{};
+  cb.callback = CollectExtents;
+  Extents extents;
+  cb.user_data = &extents;
+  EXPECT_EQ(nbd_block_status(h.get(), 4096, 0, cb, 0), -1);
+  char buf[512];
+  EXPECT_EQ(nbd_pread(h.get(), buf, sizeof(buf), 0, 0), 0) << nbd_get_error();
+}
+
+TEST(NbdServerTest, ManyConcurrentCommandsComplete) {
+  MemDevice dev(4 * kMiB);
+  Harness harness(&dev);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  constexpr int kCount = 512;
+  std::vector<std::vector<uint8_t>> data(kCount);
+  std::vector<Completion> writes(kCount), reads(kCount);
+  std::vector<std::vector<uint8_t>> back(kCount, std::vector<uint8_t>(4096));
+  for (int i = 0; i < kCount; i++) {
+    data[i] = RandomBytes(4096, 100 + i);
+    ASSERT_GE(nbd_aio_pwrite(h.get(), data[i].data(), 4096, uint64_t(i) * 8192, Callback(&writes[i]), 0), 1)
+        << nbd_get_error();
+  }
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
+  for (int i = 0; i < kCount; i++) {
+    EXPECT_TRUE(writes[i].done);
+    EXPECT_EQ(writes[i].error, 0);
+    ASSERT_GE(nbd_aio_pread(h.get(), back[i].data(), 4096, uint64_t(i) * 8192, Callback(&reads[i]), 0), 1);
+  }
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
+  for (int i = 0; i < kCount; i++) {
+    EXPECT_EQ(reads[i].error, 0);
+    EXPECT_EQ(back[i], data[i]) << "block " << i;
+  }
+  const NbdServerCounters c = harness.server.Counters();
+  EXPECT_EQ(c.connections, 1u);
+  EXPECT_EQ(c.requests_in_flight, 0u);
+  EXPECT_EQ(c.requests_total, 2u * kCount);
+  EXPECT_EQ(c.bytes_written, 4096u * kCount);
+  EXPECT_EQ(c.bytes_read, 4096u * kCount);
+}
+
+TEST(NbdServerTest, RepliesComeInCompletionOrder) {
+  GatedDevice dev(kMiB);
+  dev.gate_reads_at = 0;
+  Harness harness(&dev);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  std::vector<int> order;
+  std::vector<Completion> done(33);
+  std::vector<std::vector<uint8_t>> bufs(33, std::vector<uint8_t>(4096));
+  for (int i = 0; i < 33; i++) {
+    done[i].index = i;
+    done[i].order = &order;
+  }
+  ASSERT_GE(nbd_aio_pread(h.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
+  ASSERT_TRUE(dev.WaitEntered(1));
+  for (int i = 1; i < 33; i++) {
+    ASSERT_GE(nbd_aio_pread(h.get(), bufs[i].data(), 4096, uint64_t(i) * 4096, Callback(&done[i]), 0), 1);
+  }
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return order.size() == 32; }));
+  EXPECT_FALSE(done[0].done);  // still held by the device
+  dev.Open();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done; }));
+  EXPECT_EQ(order.back(), 0);
+  EXPECT_EQ(done[0].error, 0);
+}
+
+TEST(NbdServerTest, ConnectionsShareTheDevice) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  Nbd a = harness.Connect();
+  Nbd b = harness.Connect();
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  const auto data = RandomBytes(4096, 9);
+  ASSERT_EQ(nbd_pwrite(a.get(), data.data(), data.size(), 4096, 0), 0);
+  ASSERT_EQ(nbd_flush(a.get(), 0), 0);
+  std::vector<uint8_t> back(4096);
+  ASSERT_EQ(nbd_pread(b.get(), back.data(), back.size(), 4096, 0), 0);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(harness.server.Counters().connections, 2u);
+  a.reset();
+  b.reset();
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (harness.server.Counters().connections != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(harness.server.Counters().connections, 0u);
+  EXPECT_EQ(harness.server.Counters().connections_total, 2u);
+}
+
+// ---- errors --------------------------------------------------------------
+
+TEST(NbdServerTest, ReadOnlyExportRejectsWritesWithEperm) {
+  MemDevice dev(kMiB);
+  NbdServerOptions opts;
+  opts.read_only = true;
+  Harness harness(&dev, opts);
+  Nbd h = harness.Connect({.strict = false});
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  EXPECT_EQ(nbd_is_read_only(h.get()), 1);
+  EXPECT_EQ(nbd_can_trim(h.get()), 0);
+  EXPECT_EQ(nbd_can_zero(h.get()), 0);
+  char buf[4096] = {1};
+  EXPECT_EQ(nbd_pwrite(h.get(), buf, sizeof(buf), 0, 0), -1);
+  EXPECT_EQ(nbd_get_errno(), EPERM);
+  EXPECT_EQ(nbd_trim(h.get(), 4096, 0, 0), -1);
+  EXPECT_EQ(nbd_get_errno(), EPERM);
+  EXPECT_EQ(nbd_zero(h.get(), 4096, 0, 0), -1);
+  EXPECT_EQ(nbd_get_errno(), EPERM);
+  EXPECT_EQ(nbd_pread(h.get(), buf, sizeof(buf), 0, 0), 0);
+  EXPECT_EQ(nbd_flush(h.get(), 0), 0);
+  EXPECT_EQ(buf[0], 0);
+}
+
+TEST(NbdServerTest, OutOfRangeRequestsFailAndTheConnectionLivesOn) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  for (bool structured : {true, false}) {
+    Nbd h = harness.Connect({.structured = structured, .meta = structured, .strict = false});
+    ASSERT_NE(h, nullptr) << nbd_get_error();
+    std::vector<uint8_t> buf(100);
+    EXPECT_EQ(nbd_pread(h.get(), buf.data(), buf.size(), kMiB - 10, 0), -1);
+    EXPECT_EQ(nbd_get_errno(), EINVAL);
+    EXPECT_EQ(nbd_pwrite(h.get(), buf.data(), buf.size(), kMiB - 10, 0), -1);
+    EXPECT_EQ(nbd_get_errno(), ENOSPC);
+    EXPECT_EQ(nbd_trim(h.get(), 8192, kMiB - 4096, 0), -1);
+    EXPECT_EQ(nbd_get_errno(), EINVAL);
+    EXPECT_EQ(nbd_pread(h.get(), buf.data(), buf.size(), 0, LIBNBD_CMD_FLAG_DF), -1);
+    EXPECT_EQ(nbd_get_errno(), EINVAL);
+    EXPECT_EQ(nbd_pread(h.get(), buf.data(), buf.size(), kMiB - 100, 0), 0) << nbd_get_error();
+  }
+}
+
+// A client that speaks raw bytes, for traffic no real client sends.
+class RawClient {
+ public:
+  explicit RawClient(const std::string& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    const timeval timeout{10, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  }
+  ~RawClient() { ::close(fd_); }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  bool connected() const { return connected_; }
+
+  RawClient& U16(uint16_t v) { return Put(v, 2); }
+  RawClient& U32(uint32_t v) { return Put(v, 4); }
+  RawClient& U64(uint64_t v) { return Put(v, 8); }
+  RawClient& Bytes(const std::vector<uint8_t>& b) {
+    out_.insert(out_.end(), b.begin(), b.end());
+    return *this;
+  }
+  bool Flush() {
+    const bool ok = ::send(fd_, out_.data(), out_.size(), MSG_NOSIGNAL) == ssize_t(out_.size());
+    out_.clear();
+    return ok;
+  }
+  bool Read(size_t n, std::vector<uint8_t>* in) {
+    in->resize(n);
+    size_t got = 0;
+    while (got < n) {
+      const ssize_t r = ::recv(fd_, in->data() + got, n - got, 0);
+      if (r <= 0) return false;
+      got += size_t(r);
+    }
+    return true;
+  }
+  uint64_t ReadBig(size_t n) {
+    std::vector<uint8_t> in;
+    if (!Read(n, &in)) return UINT64_MAX;
+    uint64_t v = 0;
+    for (uint8_t b : in) v = (v << 8) | b;
+    return v;
+  }
+  // True when the server closed the connection (rather than timing out).
+  bool ClosedByServer() {
+    uint8_t b;
+    ssize_t r;
+    while ((r = ::recv(fd_, &b, 1, 0)) > 0) {
+    }
+    return r == 0 || errno == ECONNRESET;
+  }
+  bool ReadGreeting() { return ReadBig(8) == nbd::kGreetingMagic && ReadBig(8) == nbd::kOptionMagic && ReadBig(2) == 3; }
+  // Reads one option reply; returns its type, or 0 on a broken stream.
+  uint32_t ReadOptionReply(uint32_t option) {
+    if (ReadBig(8) != nbd::kOptionReplyMagic || ReadBig(4) != option) return 0;
+    const uint32_t type = uint32_t(ReadBig(4));
+    std::vector<uint8_t> data;
+    return Read(size_t(ReadBig(4)), &data) ? type : 0;
+  }
+  // Old-style entry into transmission with NBD_OPT_EXPORT_NAME.
+  bool EnterTransmission() {
+    if (!ReadGreeting() || !U32(3).U64(nbd::kOptionMagic).U32(nbd::kOptExportName).U32(0).Flush()) {
+      return false;
+    }
+    return ReadBig(8) == kMiB && ReadBig(2) != UINT64_MAX;
+  }
+  RawClient& Request(uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset, uint32_t len) {
+    return U32(nbd::kRequestMagic).U16(flags).U16(type).U64(cookie).U64(offset).U32(len);
+  }
+  // Reads a simple reply; returns its error, or UINT32_MAX on a broken stream.
+  uint32_t ReadSimpleReply(uint64_t cookie) {
+    if (ReadBig(4) != nbd::kSimpleReplyMagic) return UINT32_MAX;
+    const uint32_t error = uint32_t(ReadBig(4));
+    return ReadBig(8) == cookie ? error : UINT32_MAX;
+  }
+
+ private:
+  RawClient& Put(uint64_t v, int n) {
+    for (int i = n - 1; i >= 0; i--) out_.push_back(uint8_t(v >> (8 * i)));
+    return *this;
+  }
+  int fd_ = -1;
+  bool connected_ = false;
+  std::vector<uint8_t> out_;
+};
+
+TEST(NbdServerTest, SurvivesBrokenHandshakes) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  {
+    RawClient c(harness.sock);  // unknown client flags
+    ASSERT_TRUE(c.ReadGreeting());
+    ASSERT_TRUE(c.U32(0xffffffff).Flush());
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  {
+    RawClient c(harness.sock);  // garbage instead of an option
+    ASSERT_TRUE(c.ReadGreeting());
+    ASSERT_TRUE(c.U32(3).Bytes(RandomBytes(1000, 3)).Flush());
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  {
+    RawClient c(harness.sock);  // truncated, then gone
+    ASSERT_TRUE(c.ReadGreeting());
+    ASSERT_TRUE(c.U16(0).Flush());
+  }
+  {
+    RawClient c(harness.sock);  // connects and goes away at once
+    ASSERT_TRUE(c.connected());
+  }
+  {
+    RawClient c(harness.sock);  // unknown option, oversized option, STARTTLS, then a session
+    ASSERT_TRUE(c.ReadGreeting());
+    ASSERT_TRUE(c.U32(1).U64(nbd::kOptionMagic).U32(77).U32(0).Flush());
+    EXPECT_EQ(c.ReadOptionReply(77), nbd::kRepErrUnsup);
+    ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptInfo).U32(1 << 20).Bytes(std::vector<uint8_t>(1 << 20)).Flush());
+    EXPECT_EQ(c.ReadOptionReply(nbd::kOptInfo), nbd::kRepErrTooBig);
+    ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptStartTls).U32(0).Flush());
+    EXPECT_EQ(c.ReadOptionReply(nbd::kOptStartTls), nbd::kRepErrUnsup);
+    ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptList).U32(1).Bytes({0}).Flush());
+    EXPECT_EQ(c.ReadOptionReply(nbd::kOptList), nbd::kRepErrInvalid);
+    ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptSetMetaContext).U32(0).Flush());
+    EXPECT_EQ(c.ReadOptionReply(nbd::kOptSetMetaContext), nbd::kRepErrInvalid);  // no structured replies
+    ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptExportName).U32(0).Flush());
+    EXPECT_EQ(c.ReadBig(8), kMiB);
+    EXPECT_NE(c.ReadBig(2), UINT64_MAX);
+    std::vector<uint8_t> zeroes;
+    ASSERT_TRUE(c.Read(124, &zeroes));  // the client did not ask for NO_ZEROES
+    EXPECT_EQ(zeroes, std::vector<uint8_t>(124, 0));
+  }
+  {
+    RawClient c(harness.sock);  // bad option magic
+    ASSERT_TRUE(c.ReadGreeting());
+    ASSERT_TRUE(c.U32(3).U64(0x1234).U32(nbd::kOptGo).U32(0).Flush());
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  {
+    RawClient c(harness.sock);  // unknown export via NBD_OPT_EXPORT_NAME
+    ASSERT_TRUE(c.ReadGreeting());
+    ASSERT_TRUE(c.U32(3).U64(nbd::kOptionMagic).U32(nbd::kOptExportName).U32(2).Bytes({'n', 'o'}).Flush());
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  harness.ExpectHealthy();
+}
+
+TEST(NbdServerTest, SurvivesMalformedRequests) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  {
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    ASSERT_TRUE(c.Request(0, 42, 1, 0, 0).Flush());  // unknown command
+    EXPECT_EQ(c.ReadSimpleReply(1), nbd::kEinval);
+    ASSERT_TRUE(c.Request(nbd::kCmdFlagDf, nbd::kCmdRead, 2, 0, 512).Flush());  // flag not offered
+    EXPECT_EQ(c.ReadSimpleReply(2), nbd::kEinval);
+    ASSERT_TRUE(c.Request(0, nbd::kCmdRead, 3, kMiB - 1, 2).Flush());  // past the end
+    EXPECT_EQ(c.ReadSimpleReply(3), nbd::kEinval);
+    ASSERT_TRUE(c.Request(0, nbd::kCmdRead, 4, 0, (32 << 20) + 1).Flush());  // too long
+    EXPECT_EQ(c.ReadSimpleReply(4), nbd::kEinval);
+    // A rejected write's payload is skipped, not taken for requests.
+    std::vector<uint8_t> payload(4096);
+    for (size_t i = 0; i < payload.size(); i += 28) payload[i] = 0x25;
+    ASSERT_TRUE(c.Request(0, nbd::kCmdWrite, 5, kMiB - 1024, 4096).Bytes(payload).Flush());
+    EXPECT_EQ(c.ReadSimpleReply(5), nbd::kEnospc);
+    ASSERT_TRUE(c.Request(0, nbd::kCmdBlockStatus, 6, 0, 4096).Flush());  // no context chosen
+    EXPECT_EQ(c.ReadSimpleReply(6), nbd::kEinval);
+    ASSERT_TRUE(c.Request(0, nbd::kCmdRead, 7, 512, 512).Flush());
+    EXPECT_EQ(c.ReadSimpleReply(7), 0u);
+    std::vector<uint8_t> data;
+    ASSERT_TRUE(c.Read(512, &data));
+    ASSERT_TRUE(c.Request(0, nbd::kCmdDisc, 8, 0, 0).Flush());
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  {
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    ASSERT_TRUE(c.U32(0xdeadbeef).U16(0).U16(0).U64(1).U64(0).U32(512).Flush());  // bad magic
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  {
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    ASSERT_TRUE(c.Request(0, nbd::kCmdWrite, 1, 0, (33 << 20)).Flush());  // oversized write
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  {
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    ASSERT_TRUE(c.Request(0, nbd::kCmdWrite, 1, 0, 4096).Bytes(std::vector<uint8_t>(100)).Flush());
+  }  // gone in the middle of a payload
+  {
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    ASSERT_TRUE(c.Bytes(RandomBytes(100000, 5)).Flush());
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  harness.ExpectHealthy();
+}
+
+TEST(NbdServerTest, BoundsInflightDataPerConnection) {
+  MemDevice dev(16 * kMiB);
+  NbdServerOptions opts;
+  opts.max_inflight_bytes = 1 * kMiB;
+  Harness harness(&dev, opts);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  // Far more than the bound, all issued at once: the server reads them as
+  // the budget frees up, and every one completes.
+  constexpr int kCount = 64;
+  std::vector<std::vector<uint8_t>> data(kCount);
+  std::vector<Completion> done(kCount);
+  for (int i = 0; i < kCount; i++) {
+    data[i] = RandomBytes(256 * 1024, 50 + i);
+    ASSERT_GE(nbd_aio_pwrite(h.get(), data[i].data(), data[i].size(), uint64_t(i) * 256 * 1024,
+                             Callback(&done[i]), 0),
+              1);
+  }
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
+  for (int i = 0; i < kCount; i++) {
+    EXPECT_EQ(done[i].error, 0);
+    EXPECT_TRUE(std::equal(data[i].begin(), data[i].end(), dev.contents().begin() + i * 256 * 1024));
+  }
+}
+
+// ---- shutdown ------------------------------------------------------------
+
+TEST(NbdServerTest, ShutdownCompletesRequestsInFlight) {
+  GatedDevice dev(kMiB);
+  dev.gate_writes = true;
+  NbdServerOptions opts;
+  opts.threads = 8;
+  Harness harness(&dev, opts);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  constexpr int kCount = 8;
+  std::vector<std::vector<uint8_t>> data(kCount);
+  std::vector<Completion> done(kCount);
+  for (int i = 0; i < kCount; i++) {
+    data[i] = RandomBytes(4096, 200 + i);
+    ASSERT_GE(nbd_aio_pwrite(h.get(), data[i].data(), 4096, uint64_t(i) * 4096, Callback(&done[i]), 0), 1);
+  }
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == kCount; }));
+  ASSERT_TRUE(dev.WaitEntered(kCount));
+  EXPECT_EQ(harness.server.Counters().requests_in_flight, uint64_t(kCount));
+
+  harness.server.Shutdown();
+  std::this_thread::sleep_for(200ms);
+  EXPECT_FALSE(harness.run_returned.load());  // waiting for the device
+  EXPECT_NE(::access(harness.sock.c_str(), F_OK), 0);  // but no longer accepting
+  dev.Open();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
+  for (int i = 0; i < kCount; i++) {
+    EXPECT_TRUE(done[i].done);
+    EXPECT_EQ(done[i].error, 0);
+    EXPECT_TRUE(std::equal(data[i].begin(), data[i].end(), dev.contents().begin() + i * 4096));
+  }
+  harness.Stop();
+  EXPECT_TRUE(harness.run_returned.load());
+}
+
+TEST(NbdServerTest, ShutdownWithIdleAndHalfOpenClients) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  Nbd idle = harness.Connect();
+  ASSERT_NE(idle, nullptr);
+  RawClient silent(harness.sock);  // never finishes the handshake
+  ASSERT_TRUE(silent.ReadGreeting());
+  harness.Stop();
+  EXPECT_TRUE(silent.ClosedByServer());
+}
+
+// ---- listeners -----------------------------------------------------------
+
+TEST(NbdServerTest, ListensOnLoopbackTcp) {
+  MemDevice dev(kMiB);
+  for (const char* spec : {"tcp:0", "tcp::0", "tcp:127.0.0.1:0"}) {
+    NbdServer server(&dev, {});
+    ASSERT_TRUE(server.Listen(spec).ok()) << spec;
+    const std::string addr = server.Addresses().at(0);
+    ASSERT_TRUE(addr.starts_with("tcp:127.0.0.1:")) << addr;
+    const std::string port = addr.substr(addr.rfind(':') + 1);
+    EXPECT_NE(port, "0");
+    std::thread runner([&] { EXPECT_TRUE(server.Run().ok()); });
+    Nbd h(nbd_create());
+    ASSERT_EQ(nbd_connect_tcp(h.get(), "127.0.0.1", port.c_str()), 0) << nbd_get_error();
+    EXPECT_EQ(nbd_get_size(h.get()), int64_t(kMiB));
+    h.reset();
+    server.Shutdown();
+    runner.join();
+  }
+}
+
+TEST(NbdServerTest, RejectsBadListenSpecs) {
+  MemDevice dev(kMiB);
+  NbdServer server(&dev, {});
+  for (const char* spec : {"", "foo", "unix:", "tcp:", "tcp:1.2.3.4:", "tcp:localhost:99999",
+                           "tcp:[::1", "tcp:127.0.0.1:12ab"}) {
+    const Status st = server.Listen(spec);
+    EXPECT_FALSE(st.ok()) << spec;
+    EXPECT_EQ(st.code(), Status::Code::kInvalidArgument) << spec << ": " << st.ToString();
+  }
+  EXPECT_FALSE(server.Run().ok());  // nothing to listen on
+}
+
+TEST(NbdServerTest, UnixSocketIsPrivateAndReplacedOnlyWhenStale) {
+  MemDevice dev(kMiB);
+  Harness harness(&dev);
+  struct stat st;
+  ASSERT_EQ(::stat(harness.sock.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // A live socket is not taken over.
+  std::unique_ptr<ListenSocket> ls;
+  Status s = ListenSocket::Open("unix:" + harness.sock, &ls);
+  EXPECT_EQ(s.code(), Status::Code::kBusy) << s.ToString();
+  harness.ExpectHealthy();
+
+  // A stale one is.
+  const std::string stale = harness.dir.path() + "/stale.sock";
+  {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, stale.c_str(), sizeof(addr.sun_path) - 1);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::close(fd);
+  }
+  s = ListenSocket::Open("unix:" + stale, &ls);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(ls->address(), "unix:" + stale);
+  ls.reset();
+  EXPECT_NE(::access(stale.c_str(), F_OK), 0);  // removed on close
+
+  // Anything else is left alone.
+  const std::string file = harness.dir.path() + "/file";
+  std::ofstream(file) << "keep me";
+  s = ListenSocket::Open("unix:" + file, &ls);
+  EXPECT_FALSE(s.ok());
+  std::ifstream in(file);
+  std::string text;
+  std::getline(in, text);
+  EXPECT_EQ(text, "keep me");
+}
+
+}  // namespace
+}  // namespace insitu
