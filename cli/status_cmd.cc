@@ -3,10 +3,10 @@
 //
 // Protocol (owned by the daemon): connect to the Unix socket, send
 // "status\n", read one JSON object until the daemon closes the connection.
-// The object is {"device", "export", "superblock", "volume", "server"} or
-// {"error": "..."}.  The text view looks fields up one by one and shows "-"
-// for any it cannot find, so a daemon one version older or newer still gets
-// a useful report instead of an error.
+// The object is {"device", "export", "listen", "read_only", "superblock",
+// "volume", "server"} or {"error": "..."} (daemon/insitud.cc).  The text view looks fields up one
+// by one and shows "-" for any it cannot find, so a daemon one version older or newer still gets a
+// useful report instead of an error.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -134,6 +134,11 @@ void PrintText(const json& r) {
   // NBD clients reach the export with the empty name when they give none.
   const std::string export_name = Text(Field(r, "export"));
   line("export:", export_name.empty() ? "\"\" (the default export)" : export_name);
+  std::string listen;
+  for (const json& spec : Field(r, "listen")) listen += (listen.empty() ? "" : ", ") + Text(spec);
+  line("listening on:", listen.empty() ? "-" : listen);
+  const json& read_only = Field(r, "read_only");
+  line("read-only:", read_only.is_boolean() ? (read_only.get<bool>() ? "yes" : "no") : "-");
   line("uuid:", Text(sb("uuid")));
   std::string codec = Text(sb("codec"));
   if (sb("codec_level").is_number_integer() && sb("codec_level").get<int>() != 0) {
@@ -179,9 +184,15 @@ void PrintText(const json& r) {
   line("metadata written:", Bytes(vol("meta_bytes_written")));
   line("read errors:", Count(vol("read_errors")));
   line("unclean shutdowns:", Count(sb("unclean_count")));
-  line("connections:", Count(srv("connections")));
+  std::string connections = Count(srv("connections"));
+  if (srv("connections_total").is_number_unsigned()) {
+    connections += " (" + Count(srv("connections_total")) + " since start)";
+  }
+  line("connections:", connections);
   line("requests in flight:", Count(srv("requests_in_flight")));
   line("requests total:", Count(srv("requests_total")));
+  line("read since start:", Bytes(srv("bytes_read")));
+  line("written since start:", Bytes(srv("bytes_written")));
   line("uptime:",
        srv("uptime_s").is_number_unsigned() ? Duration(srv("uptime_s").get<uint64_t>()) : "-");
 }

@@ -205,7 +205,8 @@ class EventLoop {
     Fd client(::accept4(control_->fd(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (client.get() < 0) return;
     std::string line;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kControlTimeoutMs);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(kControlTimeoutMs);
     auto remaining_ms = [&] {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
@@ -328,8 +329,8 @@ int Main(int argc, char** argv) {
   }
   const std::string found = ProbeExisting(file.get());
   if (!found.starts_with("an insitu volume")) {
-    Say(args.target + ": not an insitu volume" + (found.empty() ? "" : " (it holds " + found + ")") +
-        "; create one with insitu format");
+    Say(args.target + ": not an insitu volume" +
+        (found.empty() ? "" : " (it holds " + found + ")") + "; create one with insitu format");
     return kExitError;
   }
   OpenOptions open_opts;
@@ -343,9 +344,9 @@ int Main(int argc, char** argv) {
   const format::Superblock& sb = vol->superblock();
   std::string codec = CodecName(static_cast<CodecId>(sb.codec));
   if (sb.codec_level != 0) codec += ":" + std::to_string(sb.codec_level);
-  const std::string meta =
-      sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough) ? "writethrough"
-                                                                              : "writeback";
+  const std::string meta = sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough)
+                               ? "writethrough"
+                               : "writeback";
 
   NbdServerOptions server_opts;
   server_opts.export_name = args.export_name;
@@ -365,23 +366,22 @@ int Main(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   EventLoop events(&server, [&] {
     const NbdServerCounters c = server.Counters();
-    const auto uptime =
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
-    return nlohmann::json{
-        {"device", args.target},
-        {"export", args.export_name},
-        {"read_only", args.read_only},
-        {"listen", addresses},
-        {"superblock", SuperblockToJson(vol->superblock())},
-        {"volume", StatsToJson(vol->Stats())},
-        {"server",
-         {{"connections", c.connections},
-          {"connections_total", c.connections_total},
-          {"requests_in_flight", c.requests_in_flight},
-          {"requests_total", c.requests_total},
-          {"bytes_read", c.bytes_read},
-          {"bytes_written", c.bytes_written},
-          {"uptime_s", static_cast<uint64_t>(uptime.count())}}}};
+    const auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
+        std::chrono::steady_clock::now() - started);
+    return nlohmann::json{{"device", args.target},
+                          {"export", args.export_name},
+                          {"read_only", args.read_only},
+                          {"listen", addresses},
+                          {"superblock", SuperblockToJson(vol->superblock())},
+                          {"volume", StatsToJson(vol->Stats())},
+                          {"server",
+                           {{"connections", c.connections},
+                            {"connections_total", c.connections_total},
+                            {"requests_in_flight", c.requests_in_flight},
+                            {"requests_total", c.requests_total},
+                            {"bytes_read", c.bytes_read},
+                            {"bytes_written", c.bytes_written},
+                            {"uptime_s", static_cast<uint64_t>(uptime.count())}}}};
   });
   if (const Status st = events.Init(signals, args.control); !st.ok()) {
     Say(st.message());

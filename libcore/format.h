@@ -6,6 +6,8 @@
 //   0                 primary superblock (4 KiB)
 //   meta_offset       metadata area: meta_pages pages, each stored twice
 //                     (slot 0 and slot 1, adjacent), 4 KiB per slot
+//   journal_offset    undo journal: two header slots, then a ring of undo
+//                     records (1 MiB aligned, journal_bytes long)
 //   data_offset       data area: data_blocks blocks of 4 KiB, 1 MiB aligned
 //   backup_offset     backup superblock (the device's last 4 KiB block)
 //
@@ -93,7 +95,9 @@ struct Superblock {
   uint64_t logical_bytes_written;
   uint64_t payload_bytes_written;
   uint64_t meta_bytes_written;
-  uint8_t reserved1[168];
+  uint64_t journal_offset;
+  uint64_t journal_bytes;     // header slots + ring
+  uint8_t reserved1[152];
   uint32_t reserved2;
   uint32_t crc;               // CRC-32C of the first header_bytes with crc = 0
 };
@@ -154,5 +158,49 @@ constexpr uint32_t PayloadSectors(uint32_t comp_len) {
   return (comp_len + static_cast<uint32_t>(sizeof(PayloadTrailer)) + kSectorSize - 1) /
          kSectorSize;
 }
+
+// ---- undo journal --------------------------------------------------------
+//
+// Before the write path overwrites data-area sectors that the metadata on
+// disk still refers to, it saves their old bytes in an undo record and makes
+// that record durable.  Recovery puts back the saved bytes of every record
+// that still applies (see docs/design.md), newest first, so the data area
+// again matches the metadata on disk.
+
+inline constexpr uint32_t kJournalHeaderMagic = 0x484a5349;  // "ISJH"
+inline constexpr uint32_t kUndoMagic = 0x554a5349;           // "ISJU"
+inline constexpr uint16_t kJournalVersion = 1;
+inline constexpr uint32_t kJournalHeaderSlots = 2;  // 4 KiB each, at journal_offset
+
+// A journal header slot.  The valid slot with the higher sequence is
+// current; an all-zero slot is sequence 0 with min_record_seq 0.
+struct JournalHeader {
+  uint32_t magic;           // kJournalHeaderMagic
+  uint16_t version;         // kJournalVersion
+  uint16_t header_bytes;    // sizeof(JournalHeader)
+  uint64_t sequence;        // slot = sequence mod 2
+  uint64_t min_record_seq;  // records with a lower record_seq are void
+  uint32_t crc;             // CRC-32C of this struct with crc = 0
+  uint32_t reserved;
+};
+static_assert(sizeof(JournalHeader) == 32, "journal header layout changed");
+
+// An undo record starts a 512-byte sector (the rest of the sector is zero)
+// and is followed by data_sectors sectors of saved bytes.  Records are
+// sector aligned in the ring and never wrap around its end.
+struct UndoRecord {
+  uint32_t magic;        // kUndoMagic
+  uint16_t version;      // kJournalVersion
+  uint16_t header_bytes; // sizeof(UndoRecord)
+  uint64_t record_seq;   // from the volume-wide write sequence
+  uint64_t page;         // the metadata page whose on-disk copy refers to the bytes
+  uint64_t page_seq[2];  // applies while that page's on-disk sequence is one of these
+  uint64_t data_offset;  // device byte offset the saved bytes came from
+  uint32_t data_sectors;
+  uint32_t data_crc;     // CRC-32C of the saved bytes
+  uint32_t reserved;
+  uint32_t crc;          // CRC-32C of this struct with crc = 0
+};
+static_assert(sizeof(UndoRecord) == 64, "undo record layout changed");
 
 }  // namespace insitu::format

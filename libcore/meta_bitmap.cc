@@ -83,22 +83,124 @@ void MetaBitmap::SetBits(uint8_t* bits, uint32_t index, uint8_t value) {
 
 uint8_t MetaBitmap::Get(uint64_t block) const {
   const Page& p = *pages_[block / kBlocksPerMetaPage];
-  return GetBits(p.bits, static_cast<uint32_t>(block % kBlocksPerMetaPage));
+  return GetBits(p.bits.data(), static_cast<uint32_t>(block % kBlocksPerMetaPage));
 }
 
 void MetaBitmap::GetRange(uint64_t first, uint32_t n, uint8_t* entries) const {
   for (uint32_t i = 0; i < n; ++i) entries[i] = Get(first + i);
 }
 
-void MetaBitmap::SetRange(uint64_t first, uint32_t n, const uint8_t* entries) {
-  Page& p = *pages_[first / kBlocksPerMetaPage];
-  const uint32_t index = static_cast<uint32_t>(first % kBlocksPerMetaPage);
+uint64_t MetaBitmap::DiskSequence(uint64_t page) const {
+  std::lock_guard<std::mutex> lock(pages_[page]->mu);
+  return pages_[page]->sequence;
+}
+
+void MetaBitmap::MarkDirtyLocked(Page& p) {
+  if (p.dirty) return;
+  p.dirty = true;
+  dirty_pages_.fetch_add(1);
+  // The bits about to change are what the disk holds, unless a commit
+  // already wrote a different copy (then `durable` keeps that copy).
+  if (!p.durable) p.durable = std::make_unique<Bits>(p.bits);
+}
+
+Status MetaBitmap::Pin(uint64_t first, uint32_t n, SlotViews* views,
+                       const std::function<Status(const SlotViews&)>& under_lock) {
+  Page& p = *pages_[PageOf(first)];
+  std::unique_lock<std::mutex> lock(p.mu);
+  p.cv.wait(lock, [&p] { return !p.snapshot_pending; });
+  FillViewsLocked(p, first, n, views);
+  INSITU_RETURN_IF_ERROR(under_lock(*views));
+  MarkDirtyLocked(p);
+  ++p.pinned;
+  return Status::OK();
+}
+
+void MetaBitmap::FillViewsLocked(const Page& p, uint64_t first, uint32_t n,
+                                 SlotViews* views) const {
+  const auto index = static_cast<uint32_t>(first % kBlocksPerMetaPage);
+  views->page = PageOf(first);
+  views->durable_seq = p.sequence;
+  const uint8_t* durable = p.durable ? p.durable->data() : p.bits.data();
+  for (uint32_t i = 0; i < n; ++i) views->durable[i] = GetBits(durable, index + i);
+  views->has_committing = p.committing != nullptr;
+  if (views->has_committing) {
+    views->committing_seq = p.sequence + 1;
+    for (uint32_t i = 0; i < n; ++i) views->committing[i] = GetBits(p.committing->data(), index + i);
+  }
+}
+
+void MetaBitmap::ReadViews(uint64_t first, uint32_t n, SlotViews* views) const {
+  const Page& p = *pages_[PageOf(first)];
   std::lock_guard<std::mutex> lock(p.mu);
-  for (uint32_t i = 0; i < n; ++i) SetBits(p.bits, index + i, entries[i]);
-  if (!p.dirty) {
+  FillViewsLocked(p, first, n, views);
+}
+
+void MetaBitmap::Unpin(uint64_t first, uint32_t n, const uint8_t* entries) {
+  Page& p = *pages_[PageOf(first)];
+  const auto index = static_cast<uint32_t>(first % kBlocksPerMetaPage);
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (entries != nullptr) {
+    for (uint32_t i = 0; i < n; ++i) SetBits(p.bits.data(), index + i, entries[i]);
+  }
+  MarkDirtyLocked(p);  // a commit may have snapshot the page since Pin()
+  if (--p.pinned == 0) p.cv.notify_all();
+}
+
+std::vector<uint64_t> MetaBitmap::DirtyPages() const {
+  std::vector<uint64_t> out;
+  if (!HasDirtyPages()) return out;
+  for (uint64_t page = 0; page < pages_.size(); ++page) {
+    std::lock_guard<std::mutex> lock(pages_[page]->mu);
+    if (pages_[page]->dirty) out.push_back(page);
+  }
+  return out;
+}
+
+bool MetaBitmap::SnapshotPage(uint64_t page) {
+  Page& p = *pages_[page];
+  std::unique_lock<std::mutex> lock(p.mu);
+  p.snapshot_pending = true;
+  p.cv.wait(lock, [&p] { return p.pinned == 0; });
+  p.snapshot_pending = false;
+  p.cv.notify_all();
+  if (!p.dirty) return false;
+  p.committing = std::make_unique<Bits>(p.bits);
+  p.dirty = false;
+  dirty_pages_.fetch_sub(1);
+  return true;
+}
+
+Status MetaBitmap::WriteSnapshot(uint64_t page) {
+  Page& p = *pages_[page];
+  AlignedBuffer block(kBlockSize);
+  uint64_t sequence;
+  {
+    std::lock_guard<std::mutex> lock(p.mu);
+    sequence = p.sequence + 1;
+    EncodeMetaPage(page, sequence, p.committing->data(), block.data());
+  }
+  INSITU_RETURN_IF_ERROR(dev_->Write(SlotOffset(page, sequence), block.data(), kBlockSize, false)
+                             .Annotate("writing metadata page " + std::to_string(page)));
+  bytes_written_.fetch_add(kBlockSize);
+  return Status::OK();
+}
+
+void MetaBitmap::FinishSnapshot(uint64_t page, bool durable) {
+  Page& p = *pages_[page];
+  std::lock_guard<std::mutex> lock(p.mu);
+  if (durable) {
+    p.sequence++;
+    if (p.dirty) {
+      p.durable = std::move(p.committing);
+    } else {
+      p.durable.reset();  // bits are exactly what is on disk now
+    }
+  } else if (!p.dirty) {
     p.dirty = true;
     dirty_pages_.fetch_add(1);
   }
+  p.committing.reset();
 }
 
 uint64_t MetaBitmap::SlotOffset(uint64_t page, uint64_t sequence) const {
@@ -141,11 +243,11 @@ Status MetaBitmap::Load(const std::function<void(const std::string&)>& note) {
       }
       Page& p = *pages_[page];
       p.sequence = seq[pick];
-      std::memcpy(p.bits, bits[pick], kMetaBitmapBytes);
+      std::memcpy(p.bits.data(), bits[pick], kMetaBitmapBytes);
       // Blocks past the end of the volume must read as unwritten.
       const uint64_t first_block = page * kBlocksPerMetaPage;
       for (uint64_t b = first_block; b < first_block + kBlocksPerMetaPage; ++b) {
-        if (b >= data_blocks_ && GetBits(p.bits, static_cast<uint32_t>(b - first_block)) != 0) {
+        if (b >= data_blocks_ && GetBits(p.bits.data(), static_cast<uint32_t>(b - first_block)) != 0) {
           return Status::Corruption("metadata page " + std::to_string(page) +
                                     " describes blocks past the end of the volume");
         }
@@ -153,49 +255,6 @@ Status MetaBitmap::Load(const std::function<void(const std::string&)>& note) {
     }
   }
   return Status::OK();
-}
-
-Status MetaBitmap::WritePage(uint64_t page, bool fua) {
-  Page& p = *pages_[page];
-  std::lock_guard<std::mutex> write_lock(p.write_mu);
-  AlignedBuffer block(kBlockSize);
-  {
-    std::lock_guard<std::mutex> lock(p.mu);
-    EncodeMetaPage(page, p.sequence + 1, p.bits, block.data());
-    if (p.dirty) {
-      p.dirty = false;
-      dirty_pages_.fetch_sub(1);
-    }
-  }
-  const uint64_t sequence = p.sequence + 1;
-  Status st = dev_->Write(SlotOffset(page, sequence), block.data(), kBlockSize, fua);
-  if (!st.ok()) {
-    std::lock_guard<std::mutex> lock(p.mu);
-    if (!p.dirty) {
-      p.dirty = true;
-      dirty_pages_.fetch_add(1);
-    }
-    return st.Annotate("writing metadata page " + std::to_string(page));
-  }
-  p.sequence = sequence;
-  bytes_written_.fetch_add(kBlockSize);
-  return Status::OK();
-}
-
-Status MetaBitmap::WriteDirtyPages() {
-  if (!HasDirtyPages()) return Status::OK();
-  Status first_error;
-  for (uint64_t page = 0; page < pages_.size(); ++page) {
-    bool dirty;
-    {
-      std::lock_guard<std::mutex> lock(pages_[page]->mu);
-      dirty = pages_[page]->dirty;
-    }
-    if (!dirty) continue;
-    Status st = WritePage(page, false);
-    if (!st.ok() && first_error.ok()) first_error = st;
-  }
-  return first_error;
 }
 
 }  // namespace insitu

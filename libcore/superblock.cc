@@ -1,5 +1,6 @@
 #include "libcore/superblock.h"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <ctime>
@@ -30,23 +31,35 @@ uint32_t SuperCrc(const Superblock& sb) {
 
 Status ComputeGeometry(uint64_t device_bytes, Superblock* sb) {
   const uint64_t total_blocks = device_bytes / kBlockSize;
-  // Superblock, two metadata slots, 1 MiB alignment, at least 1 MiB of
-  // data and the backup superblock.
-  if (total_blocks < 3 * (format::kDataAlignment / kBlockSize)) {
+  // Superblock and metadata (1 MiB), the journal (at least 1 MiB), at
+  // least 1 MiB of data and the backup superblock.
+  if (total_blocks < 4 * (format::kDataAlignment / kBlockSize)) {
     return Status::InvalidArgument("device of " + std::to_string(device_bytes) +
-                                   " bytes is too small for a volume (minimum 3 MiB)");
+                                   " bytes is too small for a volume (minimum 4 MiB)");
   }
+  // The journal holds the undo records written between two commits: 1/128
+  // of the device, between 1 and 16 MiB.
+  const uint64_t journal_bytes =
+      std::clamp<uint64_t>(device_bytes / 128 / format::kDataAlignment * format::kDataAlignment,
+                           format::kDataAlignment, 16 * format::kDataAlignment);
   const uint64_t backup_offset = (total_blocks - 1) * kBlockSize;
   const uint64_t meta_offset = kBlockSize;
   uint64_t data_blocks = (backup_offset - meta_offset) / kBlockSize;
-  uint64_t meta_pages = 0, data_offset = 0;
+  uint64_t meta_pages = 0, journal_offset = 0, data_offset = 0;
   for (;;) {
     meta_pages = (data_blocks + format::kBlocksPerMetaPage - 1) / format::kBlocksPerMetaPage;
-    data_offset = RoundUp(meta_offset + meta_pages * 2 * kBlockSize, format::kDataAlignment);
+    journal_offset = RoundUp(meta_offset + meta_pages * 2 * kBlockSize, format::kDataAlignment);
+    data_offset = journal_offset + journal_bytes;
+    if (data_offset >= backup_offset) {
+      return Status::InvalidArgument("device of " + std::to_string(device_bytes) +
+                                     " bytes is too small for a volume");
+    }
     const uint64_t fit = (backup_offset - data_offset) / kBlockSize;
     if (fit >= data_blocks) break;
     data_blocks = fit;
   }
+  sb->journal_offset = journal_offset;
+  sb->journal_bytes = journal_bytes;
   sb->device_bytes = device_bytes;
   sb->data_blocks = data_blocks;
   sb->meta_offset = meta_offset;
@@ -102,7 +115,8 @@ Status DecodeSuperblock(const uint8_t* block, uint64_t device_size, Superblock* 
   INSITU_RETURN_IF_ERROR(ComputeGeometry(sb.device_bytes, &geo));
   if (geo.data_blocks != sb.data_blocks || geo.meta_offset != sb.meta_offset ||
       geo.meta_pages != sb.meta_pages || geo.data_offset != sb.data_offset ||
-      geo.backup_offset != sb.backup_offset) {
+      geo.backup_offset != sb.backup_offset || geo.journal_offset != sb.journal_offset ||
+      geo.journal_bytes != sb.journal_bytes) {
     return Status::Corruption("superblock geometry does not match its device size");
   }
   if (device_size < sb.device_bytes) {

@@ -42,6 +42,7 @@ InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superbloc
       sb(s),
       codec(std::move(c)),
       meta(dev.get(), sb),
+      journal(dev.get(), sb),
       read_only(opts.read_only),
       log(opts.log ? opts.log : [](const std::string& line) { std::cerr << line << "\n"; }) {
   base_logical = sb.logical_bytes_written;
@@ -112,6 +113,7 @@ Status InsituVolume::Impl::WriteSuperLocked() {
   sb.logical_bytes_written = base_logical + logical_written.load();
   sb.payload_bytes_written = base_payload + payload_written.load();
   sb.meta_bytes_written = base_meta + meta.bytes_written() + super_written.load() + 2 * kBlockSize;
+  sb.meta_bytes_written += journal.bytes_written();
   Status st = WriteSuperblocks(dev.get(), &sb);
   if (st.ok()) super_written.fetch_add(2 * kBlockSize);
   return st;
@@ -124,10 +126,9 @@ void InsituVolume::Impl::StartFlusher() {
     std::unique_lock<std::mutex> lock(flusher_mu);
     while (!flusher_cv.wait_for(lock, period, [this] { return flusher_stop; })) {
       lock.unlock();
-      if (meta.HasDirtyPages()) {
-        Status st = meta.WriteDirtyPages();
-        if (st.ok()) st = dev->Flush();
-        if (!st.ok()) Log("insitu: periodic metadata write-back failed: " + st.ToString());
+      if (meta.HasDirtyPages() && !failed) {
+        // A failure is logged by Commit() and stops the volume's writes.
+        if (Commit().ok()) ProcessDiscards();
       }
       lock.lock();
     }
@@ -147,7 +148,9 @@ Status InsituVolume::Impl::Close() {
   if (closed.exchange(true)) return Status::OK();
   StopFlusher();
   if (read_only) return Status::OK();
-  INSITU_RETURN_IF_ERROR(meta.WriteDirtyPages());
+  // A failed volume stays marked dirty: the next open must recover it.
+  INSITU_RETURN_IF_ERROR(Commit().Annotate("closing"));
+  ProcessDiscards();
   INSITU_RETURN_IF_ERROR(dev->Flush().Annotate("flushing before close"));
   std::lock_guard<std::mutex> lock(sb_mu);
   sb.state = static_cast<uint32_t>(format::VolumeState::kClean);
@@ -215,13 +218,23 @@ Status InsituVolume::Open(std::unique_ptr<BlockDevice> dev, const OpenOptions& o
 
   v.unclean = sb.state != static_cast<uint32_t>(format::VolumeState::kClean);
   if (v.unclean) {
-    v.Log(std::string("insitu: volume was not closed cleanly; ") +
-          (sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough)
-               ? "write-through metadata is current"
-               : "write-back metadata is as of the last flush"));
+    v.Log(opts.read_only ? "insitu: volume was not closed cleanly; open it read-write once to "
+                           "recover (reads of extents overwritten at the crash may fail)"
+                         : "insitu: volume was not closed cleanly; recovering");
   }
   v.next_seq = sb.next_write_seq;
   if (!opts.read_only) {
+    if (v.unclean) {
+      // Put back the data sectors that in-place overwrites had replaced but
+      // the metadata on disk still describes.  Only the journal is read.
+      uint64_t applied = 0;
+      INSITU_RETURN_IF_ERROR(
+          v.journal.Recover([&v](uint64_t page) { return v.meta.DiskSequence(page); }, &applied)
+              .Annotate("recovering from the undo journal"));
+      v.Log("insitu: recovery restored " + std::to_string(applied) +
+            " overwritten extents from the undo journal");
+    }
+    INSITU_RETURN_IF_ERROR(v.journal.Reset(sb.next_write_seq).Annotate("resetting the journal"));
     std::lock_guard<std::mutex> lock(v.sb_mu);
     v.sb.state = static_cast<uint32_t>(format::VolumeState::kDirty);
     v.sb.open_count++;
@@ -310,8 +323,9 @@ Status InsituVolume::Flush() {
   Impl& v = *impl_;
   if (v.closed) return Status::InvalidArgument("volume is closed");
   if (v.read_only) return Status::OK();
-  INSITU_RETURN_IF_ERROR(v.meta.WriteDirtyPages());
-  return v.dev->Flush();
+  INSITU_RETURN_IF_ERROR(v.Commit());
+  v.ProcessDiscards();
+  return Status::OK();
 }
 
 Status InsituVolume::GetAllocation(uint64_t offset, uint64_t len,
@@ -359,7 +373,9 @@ VolumeStats InsituVolume::Stats() const {
   VolumeStats s;
   s.logical_bytes_written = v.base_logical + v.logical_written.load();
   s.payload_bytes_written = v.base_payload + v.payload_written.load();
-  s.meta_bytes_written = v.base_meta + v.meta.bytes_written() + v.super_written.load();
+  s.meta_bytes_written =
+      v.base_meta + v.meta.bytes_written() + v.super_written.load() + v.journal.bytes_written();
+  s.undo_records = v.undo_records.load();
   s.blocks_compressed = static_cast<uint64_t>(v.blocks_compressed.load());
   s.blocks_raw = static_cast<uint64_t>(v.blocks_raw.load());
   s.data_blocks = v.sb.data_blocks;

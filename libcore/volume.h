@@ -10,7 +10,9 @@
 // merged (read-modify-write), the merged range is compressed as extents of
 // maximal runs of non-zero blocks, payloads are written in place, then the
 // metadata bitmap is updated (and written at once in write-through mode),
-// then 4 KiB units no longer used by any payload are discarded.
+// then 4 KiB units no longer used by any payload are discarded after the
+// next commit.  Overwrites of data that the metadata on disk still refers to
+// save the old bytes in the undo journal first (docs/design.md).
 //
 // Thread-safety: all BlockDevice methods may be called concurrently.
 // Requests touching disjoint slots proceed in parallel; requests on the
@@ -55,7 +57,8 @@ struct OpenOptions {
 struct VolumeStats {
   uint64_t logical_bytes_written = 0;  // bytes clients asked to write
   uint64_t payload_bytes_written = 0;  // data-area bytes written to the backing device
-  uint64_t meta_bytes_written = 0;     // metadata and superblock bytes written
+  uint64_t meta_bytes_written = 0;     // metadata, journal and superblock bytes written
+  uint64_t undo_records = 0;           // overwrites that saved old bytes first (this open)
   uint64_t blocks_compressed = 0;      // blocks in compressed extents
   uint64_t blocks_raw = 0;             // blocks stored uncompressed
   uint64_t blocks_unwritten = 0;       // blocks that read as zeros with no payload

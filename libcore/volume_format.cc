@@ -48,10 +48,12 @@ Status FormatVolume(BlockDevice* dev, const FormatOptions& opts) {
   // or like the file system it replaced.
   AlignedBuffer zero(kBlockSize);
   INSITU_RETURN_IF_ERROR(dev->Write(0, zero.data(), kBlockSize, false).Annotate("formatting"));
-  // Every metadata slot must read as zero (a never-written page); the data
-  // area content is irrelevant, so it is only discarded.
+  // Every metadata slot must read as zero (a never-written page) and the
+  // journal must hold no record (a previous volume's records would look
+  // valid); both regions are contiguous.
   INSITU_RETURN_IF_ERROR(dev->WriteZeroes(sb.meta_offset, sb.data_offset - sb.meta_offset, false)
-                             .Annotate("clearing the metadata area"));
+                             .Annotate("clearing the metadata area and journal"));
+  // The data area content is irrelevant, so it is only discarded.
   (void)dev->Discard(sb.data_offset, sb.backup_offset - sb.data_offset);
   INSITU_RETURN_IF_ERROR(dev->Flush().Annotate("formatting"));
   sb.meta_bytes_written = 2 * kBlockSize;

@@ -15,6 +15,7 @@
 #include "libcore/extent_map.h"
 #include "libcore/format.h"
 #include "libcore/meta_bitmap.h"
+#include "libcore/undo_journal.h"
 #include "libcore/volume.h"
 
 namespace insitu {
@@ -47,6 +48,23 @@ class InsituVolume::Impl {
   // with src, or with zeros when src is null.
   Status Modify(uint64_t offset, uint64_t len, const uint8_t* src, bool fua);
 
+  // Commits (volume_commit.cc).  Commit() returns once every metadata
+  // change stored before the call is on disk, after the data it refers to;
+  // concurrent callers share one commit (group commit).  A commit takes no
+  // ExtentLock, so the write path may commit while holding one (when the
+  // undo journal is full).
+  Status Commit();
+  Status RunCommit();
+  // Space freed by a write is discarded only once no copy of the metadata
+  // on disk refers to it (after a commit).
+  void QueueDiscard(uint64_t slot_first, uint32_t units);
+  void ProcessDiscards();
+  // Stops all further writes after a failure that left the data area in a
+  // state only recovery at the next open can repair.
+  void Fail(const Status& why);
+  void FailLocked(const Status& why);  // needs commit_mu
+  Status FailureStatus();
+
   // Hands out payload sequence numbers, extending the reservation recorded
   // in the superblock when it runs out.
   Status NextWriteSeq(uint64_t* seq);
@@ -65,6 +83,7 @@ class InsituVolume::Impl {
   std::mutex sb_mu;
   std::unique_ptr<Codec> codec;
   MetaBitmap meta;
+  UndoJournal journal;
   ExtentLock locks;
   const bool read_only;
   bool unclean = false;
@@ -84,6 +103,17 @@ class InsituVolume::Impl {
   std::atomic<uint64_t> next_seq{0};
   std::atomic<uint64_t> seq_limit{0};  // changed only under sb_mu
   static constexpr uint64_t kSeqReservation = uint64_t{1} << 24;
+
+  std::mutex commit_mu;
+  std::condition_variable commit_cv;
+  bool commit_running = false;
+  uint64_t commits_started = 0, commits_finished = 0;
+  std::atomic<bool> failed{false};
+  Status failure;  // guarded by commit_mu
+
+  std::mutex discard_mu;
+  std::vector<std::pair<uint64_t, uint32_t>> pending_discards;  // (slot_first, unit mask)
+  std::atomic<uint64_t> undo_records{0};
 
   std::thread flusher;
   std::mutex flusher_mu;

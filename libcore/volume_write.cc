@@ -7,17 +7,23 @@
 //     read-modify-write of a partly covered extent);
 //  3. overlay the new bytes (or zeros);
 //  4. split the merged range into maximal runs of non-zero blocks; each run
-//     becomes one extent, compressed if that saves at least one sector, and
-//     its payload is written at the run's own place; all-zero blocks become
+//     becomes one extent, compressed if that saves at least one sector, its
+//     payload placed at the run's own place; all-zero blocks become
 //     unwritten (no payload at all);
-//  5. update the bitmap entries of the merged range;
-//  6. collect the 4 KiB units the old extents' payloads used and the new
-//     ones do not, and discard them after the metadata is written.
+//  5. pin the metadata page and find the data sectors that a copy of the
+//     metadata on disk still refers to ("protected"); if the new payloads
+//     overlap them, save those sectors' current bytes in an undo record and
+//     make it durable first — so a crash at any point can put back exactly
+//     what the metadata on disk describes;
+//  6. write the payloads in place, store the new entries, unpin;
+//  7. queue the 4 KiB units the old extents used and the new ones do not
+//     for discard after the next commit.
 // The ExtentLock is held exclusively over the request's lock units for the
-// whole sequence, so readers never see a half-rewritten slot.
+// whole sequence, so readers never see a half-rewritten slot.  Write-through
+// volumes and FUA requests then commit (volume_commit.cc).
 #include <algorithm>
+#include <bitset>
 #include <cstring>
-#include <set>
 
 #include "libcore/aligned_buffer.h"
 #include "libcore/payload.h"
@@ -27,12 +33,18 @@ namespace insitu {
 
 using format::kBlockSize;
 using format::kMaxExtentBlocks;
+using format::kSectorsPerBlock;
+using format::kSectorSize;
 
 namespace {
 
+constexpr uint32_t kSlotSectors = kMaxExtentBlocks * kSectorsPerBlock;
+using SectorSet = std::bitset<kSlotSectors>;
+
 struct WriteScratch {
   AlignedBuffer merged{kMaxExtentBlocks * kBlockSize};
-  AlignedBuffer payload{kMaxExtentBlocks * kBlockSize};
+  AlignedBuffer payloads{kMaxExtentBlocks * kBlockSize};
+  AlignedBuffer undo{kMaxExtentBlocks * kBlockSize + kSectorSize};
 };
 WriteScratch& GetWriteScratch() {
   thread_local WriteScratch scratch;
@@ -51,9 +63,30 @@ bool IsZeroBlock(const uint8_t* p) {
   return acc == 0;
 }
 
-struct PendingDiscard {
-  uint64_t offset;
-  uint64_t len;
+uint32_t UnitMask(uint32_t first, uint32_t count) {
+  return ((count == 32 ? 0u : (1u << count)) - 1u) << first;
+}
+
+// Sectors of the slot that the extents in `entries` occupy (every sector if
+// the entries are damaged: then nothing may be overwritten unprotected).
+SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
+  SectorSet used;
+  std::vector<SlotExtent> extents;
+  if (!DecodeSlot(entries, n, &extents).ok()) return used.set();
+  for (const SlotExtent& e : extents) {
+    for (uint32_t s = e.first * kSectorsPerBlock; s < e.first * kSectorsPerBlock + e.sectors; ++s) {
+      used.set(s);
+    }
+  }
+  return used;
+}
+
+// One new extent of the merged range.
+struct NewExtent {
+  uint32_t first;    // slot-relative block
+  uint32_t nblocks;
+  uint32_t sectors;  // payload sectors (8 * nblocks when raw)
+  const uint8_t* bytes;
 };
 
 }  // namespace
@@ -61,20 +94,20 @@ struct PendingDiscard {
 // One slot's share of a Modify(); see the file comment for the steps.
 class SlotRewrite {
  public:
-  SlotRewrite(InsituVolume::Impl& v, uint64_t slot_first, std::vector<PendingDiscard>* discards)
-      : v_(v), slot_first_(slot_first), discards_(discards) {}
+  SlotRewrite(InsituVolume::Impl& v, uint64_t slot_first) : v_(v), slot_first_(slot_first) {}
 
   // Replaces slot-relative bytes [lo, hi) with src (or zeros when null).
-  Status Run(uint64_t lo, uint64_t hi, const uint8_t* src, bool fua);
+  Status Run(uint64_t lo, uint64_t hi, const uint8_t* src);
 
  private:
   Status LoadOldContents(const std::vector<SlotExtent>& old, uint32_t m0, uint32_t b_lo,
                          uint32_t b_hi, uint64_t lo, uint64_t hi, uint8_t* merged);
-  Status WriteRun(const uint8_t* data, uint32_t r0, uint32_t n, bool fua, uint32_t* sectors);
+  Status Compress(const uint8_t* data, uint32_t first, uint32_t n, uint8_t** payload_cursor,
+                  NewExtent* out);
+  Status WritePayloads(const std::vector<NewExtent>& extents);
 
   InsituVolume::Impl& v_;
   const uint64_t slot_first_;
-  std::vector<PendingDiscard>* discards_;
 };
 
 Status SlotRewrite::LoadOldContents(const std::vector<SlotExtent>& old, uint32_t m0, uint32_t b_lo,
@@ -101,32 +134,37 @@ Status SlotRewrite::LoadOldContents(const std::vector<SlotExtent>& old, uint32_t
   return Status::OK();
 }
 
-Status SlotRewrite::WriteRun(const uint8_t* data, uint32_t r0, uint32_t n, bool fua,
-                             uint32_t* sectors) {
-  const uint64_t head = slot_first_ + r0;
+Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
+                             uint8_t** payload_cursor, NewExtent* out) {
   const size_t bytes = size_t{n} * kBlockSize;
   // A compressed payload must save at least one sector, trailer included.
-  const size_t cap = bytes - format::kSectorSize - sizeof(format::PayloadTrailer);
-  uint8_t* payload = GetWriteScratch().payload.data();
+  const size_t cap = bytes - kSectorSize - sizeof(format::PayloadTrailer);
+  uint8_t* payload = *payload_cursor;
   const size_t clen = v_.codec->Compress(data, bytes, payload, cap);
-  Status st;
-  if (clen == 0) {
-    *sectors = n * format::kSectorsPerBlock;
-    st = v_.dev->Write(v_.BlockOffset(head), data, bytes, fua);
-  } else {
-    *sectors = format::PayloadSectors(static_cast<uint32_t>(clen));
-    uint64_t seq;
-    INSITU_RETURN_IF_ERROR(v_.NextWriteSeq(&seq));
-    SealPayload(payload, static_cast<uint32_t>(clen), *sectors,
-                {head, static_cast<uint16_t>(n), v_.codec->id()}, seq);
-    st = v_.dev->Write(v_.BlockOffset(head), payload, size_t{*sectors} * format::kSectorSize, fua);
-  }
-  if (!st.ok()) return st.Annotate("writing extent at block " + std::to_string(head));
-  v_.payload_written.fetch_add(uint64_t{*sectors} * format::kSectorSize);
+  *out = NewExtent{first, n, n * kSectorsPerBlock, data};
+  if (clen == 0) return Status::OK();
+  out->sectors = format::PayloadSectors(static_cast<uint32_t>(clen));
+  out->bytes = payload;
+  uint64_t seq;
+  INSITU_RETURN_IF_ERROR(v_.NextWriteSeq(&seq));
+  SealPayload(payload, static_cast<uint32_t>(clen), out->sectors,
+              {slot_first_ + first, static_cast<uint16_t>(n), v_.codec->id()}, seq);
+  *payload_cursor += size_t{out->sectors} * kSectorSize;
   return Status::OK();
 }
 
-Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src, bool fua) {
+Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents) {
+  for (const NewExtent& e : extents) {
+    const uint64_t head = slot_first_ + e.first;
+    Status st = v_.dev->Write(v_.BlockOffset(head), e.bytes, size_t{e.sectors} * kSectorSize, false);
+    if (!st.ok()) return st.Annotate("writing extent at block " + std::to_string(head));
+    v_.payload_written.fetch_add(uint64_t{e.sectors} * kSectorSize);
+  }
+  return Status::OK();
+}
+
+Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
+  const uint32_t slot_n = v_.slot_blocks();
   std::vector<SlotExtent> old;
   INSITU_RETURN_IF_ERROR(v_.ReadSlot(slot_first_, &old));
   const auto b_lo = static_cast<uint32_t>(lo / kBlockSize);
@@ -145,13 +183,14 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src, bool fua) 
 
   // The new contents of [m0, m1).  A block-aligned write covering whole
   // extents is compressed straight from the caller's buffer.
+  WriteScratch& scratch = GetWriteScratch();
   const bool direct = src != nullptr && lo % kBlockSize == 0 && hi % kBlockSize == 0 &&
                       m0 == b_lo && m1 == b_hi;
   const uint8_t* data;
   if (direct) {
     data = src;
   } else {
-    uint8_t* merged = GetWriteScratch().merged.data();
+    uint8_t* merged = scratch.merged.data();
     INSITU_RETURN_IF_ERROR(LoadOldContents(touched, m0, b_lo, b_hi, lo, hi, merged));
     uint8_t* at = merged + (lo - uint64_t{m0} * kBlockSize);
     if (src != nullptr) {
@@ -162,15 +201,14 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src, bool fua) 
     data = merged;
   }
 
-  // Emit extents for the runs of non-zero blocks.
-  uint8_t entries[kMaxExtentBlocks] = {};
-  uint32_t new_used = 0;  // bitmask of 4 KiB units the new payloads occupy
-  int64_t d_compressed = 0, d_raw = 0, d_sectors = 0;
+  // New extents: maximal runs of non-zero blocks, compressed.
   auto is_zero = [&](uint32_t b) {
     const bool fully_zeroed = src == nullptr && uint64_t{b} * kBlockSize >= lo &&
                               uint64_t{b + 1} * kBlockSize <= hi;
     return fully_zeroed || IsZeroBlock(data + size_t{b - m0} * kBlockSize);
   };
+  std::vector<NewExtent> extents;
+  uint8_t* cursor = scratch.payloads.data();
   for (uint32_t b = m0; b < m1;) {
     if (is_zero(b)) {
       ++b;
@@ -178,77 +216,122 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src, bool fua) 
     }
     uint32_t e = b + 1;
     while (e < m1 && !is_zero(e)) ++e;
-    const uint32_t n = e - b;
-    uint32_t sectors;
-    INSITU_RETURN_IF_ERROR(WriteRun(data + size_t{b - m0} * kBlockSize, b, n, fua, &sectors));
-    EncodeExtent(n, sectors, entries + (b - m0));
-    const uint32_t used = (sectors + 7) / 8;
-    new_used |= ((used == 32 ? 0u : (1u << used)) - 1u) << b;
-    if (sectors == n * format::kSectorsPerBlock) {
-      d_raw += n;
-    } else {
-      d_compressed += n;
-      d_sectors += sectors;
-    }
+    NewExtent ne;
+    INSITU_RETURN_IF_ERROR(Compress(data + size_t{b - m0} * kBlockSize, b, e - b, &cursor, &ne));
+    extents.push_back(ne);
     b = e;
   }
 
+  // The slot's entries after this rewrite.
+  uint8_t entries[kMaxExtentBlocks];
+  v_.meta.GetRange(slot_first_, slot_n, entries);
+  std::fill(entries + m0, entries + m1, 0);
+  SectorSet writes;
+  uint32_t new_used = 0;
+  for (const NewExtent& e : extents) {
+    EncodeExtent(e.nblocks, e.sectors, entries + e.first);
+    for (uint32_t s = 0; s < e.sectors; ++s) writes.set(e.first * kSectorsPerBlock + s);
+    new_used |= UnitMask(e.first, (e.sectors + kSectorsPerBlock - 1) / kSectorsPerBlock);
+  }
+
+  // Pin the page; if the payloads would overwrite sectors a copy of the
+  // metadata on disk refers to, reserve an undo record for them.
+  UndoSpec undo;
+  uint64_t ticket = 0;
+  uint32_t span_lo = 0, span_hi = 0;  // protected sectors about to be overwritten
+  SlotViews views;
+  for (;;) {
+    Status st = v_.meta.Pin(slot_first_, slot_n, &views, [&](const SlotViews& vw) {
+      SectorSet hit = writes & UsedSectors(vw.durable, slot_n);
+      if (vw.has_committing) hit |= writes & UsedSectors(vw.committing, slot_n);
+      span_lo = span_hi = 0;
+      if (hit.none()) return Status::OK();
+      while (!hit.test(span_lo)) ++span_lo;
+      span_hi = kSlotSectors;
+      while (!hit.test(span_hi - 1)) --span_hi;
+      undo.page = vw.page;
+      undo.page_seq[0] = vw.durable_seq;
+      undo.page_seq[1] = vw.has_committing ? vw.committing_seq : 0;
+      undo.data_offset = v_.BlockOffset(slot_first_) + uint64_t{span_lo} * kSectorSize;
+      undo.data_sectors = span_hi - span_lo;
+      return v_.journal.Reserve(undo.data_sectors, &ticket);
+    });
+    if (st.ok()) break;
+    if (st.code() != Status::Code::kBusy) return st;
+    INSITU_RETURN_IF_ERROR(v_.Commit());  // frees the journal
+  }
+
+  uint8_t* saved = scratch.undo.data() + kSectorSize;
+  if (span_hi > span_lo) {
+    Status st = v_.dev->Read(undo.data_offset, saved, size_t{undo.data_sectors} * kSectorSize);
+    uint64_t seq = 0;
+    if (st.ok()) st = v_.NextWriteSeq(&seq);
+    if (st.ok()) st = v_.journal.Write(ticket, undo, seq, scratch.undo.data());
+    if (!st.ok()) {
+      v_.meta.Unpin(slot_first_, slot_n, nullptr);
+      return st;
+    }
+    v_.undo_records.fetch_add(1);
+  }
+  Status st = WritePayloads(extents);
+  if (!st.ok()) {
+    // Put back what the metadata still describes, so the slot stays
+    // readable; if even that fails only recovery at the next open can.
+    if (span_hi > span_lo) {
+      Status restore =
+          v_.dev->Write(undo.data_offset, saved, size_t{undo.data_sectors} * kSectorSize, false);
+      if (!restore.ok()) v_.Fail(restore.Annotate("restoring a slot after a failed write"));
+    }
+    v_.meta.Unpin(slot_first_, slot_n, nullptr);
+    return st;
+  }
+  v_.meta.Unpin(slot_first_, slot_n, entries);
+
+  int64_t d_compressed = 0, d_raw = 0, d_sectors = 0;
+  for (const NewExtent& e : extents) {
+    if (e.sectors == e.nblocks * kSectorsPerBlock) {
+      d_raw += e.nblocks;
+    } else {
+      d_compressed += e.nblocks;
+      d_sectors += e.sectors;
+    }
+  }
   uint32_t old_used = 0;
   for (const SlotExtent& e : touched) {
-    const uint32_t used = e.used_blocks();
-    old_used |= ((used == 32 ? 0u : (1u << used)) - 1u) << e.first;
+    old_used |= UnitMask(e.first, e.used_blocks());
     if (e.raw()) d_raw -= e.nblocks;
     if (e.compressed()) {
       d_compressed -= e.nblocks;
       d_sectors -= e.sectors;
     }
   }
-  v_.meta.SetRange(slot_first_ + m0, m1 - m0, entries);
   v_.blocks_compressed += d_compressed;
   v_.blocks_raw += d_raw;
   v_.payload_sectors += d_sectors;
-
-  const uint32_t freed = old_used & ~new_used;
-  for (uint32_t b = 0; b < kMaxExtentBlocks;) {
-    if (!(freed & (1u << b))) {
-      ++b;
-      continue;
-    }
-    uint32_t e = b;
-    while (e < kMaxExtentBlocks && (freed & (1u << e))) ++e;
-    discards_->push_back({v_.BlockOffset(slot_first_ + b), uint64_t{e - b} * kBlockSize});
-    b = e;
-  }
+  if (const uint32_t freed = old_used & ~new_used; freed != 0) v_.QueueDiscard(slot_first_, freed);
   return Status::OK();
 }
 
 Status InsituVolume::Impl::Modify(uint64_t offset, uint64_t len, const uint8_t* src, bool fua) {
   if (closed) return Status::InvalidArgument("volume is closed");
+  if (failed) return FailureStatus();
   if (len == 0) return Status::OK();
   const uint64_t end = offset + len;
   const uint64_t slot_bytes = uint64_t{slot_blocks()} * kBlockSize;
-  std::vector<PendingDiscard> discards;
-  std::set<uint64_t> pages;
   {
     auto guard = LockBlocks(offset / kBlockSize, (end + kBlockSize - 1) / kBlockSize, true);
     for (uint64_t slot_start = offset / slot_bytes * slot_bytes; slot_start < end;
          slot_start += slot_bytes) {
       const uint64_t lo = std::max(offset, slot_start), hi = std::min(end, slot_start + slot_bytes);
-      const uint64_t slot_first = slot_start / kBlockSize;
-      SlotRewrite rewrite(*this, slot_first, &discards);
-      INSITU_RETURN_IF_ERROR(rewrite.Run(lo - slot_start, hi - slot_start,
-                                         src ? src + (lo - offset) : nullptr, fua));
-      pages.insert(meta.PageOf(slot_first));
-    }
-    // Write-through, and FUA in write-back mode: the metadata describing
-    // this write goes out before the request completes.
-    if (fua || sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough)) {
-      for (uint64_t page : pages) INSITU_RETURN_IF_ERROR(meta.WritePage(page, fua));
+      SlotRewrite rewrite(*this, slot_start / kBlockSize);
+      INSITU_RETURN_IF_ERROR(
+          rewrite.Run(lo - slot_start, hi - slot_start, src ? src + (lo - offset) : nullptr));
     }
   }
-  // Space no payload uses any more goes back to the device.  A discard is
-  // advisory: failing to return space loses nothing.
-  for (const PendingDiscard& d : discards) (void)dev->Discard(d.offset, d.len);
+  // Write-through volumes and FUA requests are durable when they complete.
+  if (fua || sb.meta_mode == static_cast<uint8_t>(format::MetaMode::kWriteThrough)) {
+    return Commit();
+  }
   return Status::OK();
 }
 

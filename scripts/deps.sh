@@ -10,33 +10,45 @@ PACKAGES=(
   liburing-dev libzstd-dev liblz4-dev liblzo2-dev zlib1g-dev
   libcli11-dev nlohmann-json3-dev libnbd-dev
   # tests
-  libgtest-dev libgmock-dev libnbd-bin python3-libnbd nbdkit nbdfuse fuse3
+  libgtest-dev libgmock-dev libnbd-bin python3-libnbd nbdkit fuse3
   fio qemu-utils e2fsprogs
 )
 
+installed() {
+  # dpkg-query prints "install ok installed" only for a fully installed package.
+  [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]
+}
+
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-  # dpkg-query prints "install ok installed" only for a fully installed package.
-  if [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) != "install ok installed" ]]; then
-    missing+=("$pkg")
-  fi
+  installed "$pkg" || missing+=("$pkg")
 done
+# nbdfuse is part of libnbd-bin up to Debian 12 and a package of its own
+# later, so it is looked for as a command and installed by name only where
+# such a package exists.
+want_nbdfuse=0
+command -v nbdfuse >/dev/null || want_nbdfuse=1
 
-if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "deps: all ${#PACKAGES[@]} packages already installed"
+if [[ ${#missing[@]} -eq 0 && $want_nbdfuse -eq 0 ]]; then
+  echo "deps: everything is installed"
   exit 0
 fi
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
   command -v sudo >/dev/null || {
-    echo "deps: need root to install: ${missing[*]} (run as root or install sudo)" >&2
+    echo "deps: need root to install packages (run as root or install sudo)" >&2
     exit 1
   }
   SUDO=(sudo)
 fi
 
-echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -q
-"${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [[ $want_nbdfuse -eq 1 ]] && apt-cache show nbdfuse >/dev/null 2>&1; then
+  missing+=(nbdfuse)
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "deps: installing ${missing[*]}"
+  "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

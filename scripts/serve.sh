@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMG=./insitu-demo.img
+# Absolute paths, so that the daemon's status and the hints below work
+# from any directory.
+IMG=$PWD/insitu-demo.img
+INSITU=$PWD/build/insitu
 SOCK=/tmp/insitu-demo.sock
 CTL=/tmp/insitu-demo.ctl
 URI="nbd+unix:///?socket=$SOCK"
@@ -17,12 +20,12 @@ scripts/build.sh
 if [[ -e $IMG ]]; then
   echo "Using the existing volume $IMG (delete it to start from a fresh one)"
 else
-  build/insitu format --size 1G --compress lz4 "$IMG"
+  "$INSITU" format --size 1G --compress lz4 "$IMG"
 fi
 
 # Sockets left by a daemon that was killed would make the bind fail; they
 # are removed only when no daemon answers on them.
-if [[ -S $CTL ]] && build/insitu status "$CTL" >/dev/null 2>&1; then
+if [[ -S $CTL ]] && "$INSITU" status "$CTL" >/dev/null 2>&1; then
   echo "A demo daemon is already serving $SOCK; stop it first." >&2
   exit 1
 fi
@@ -32,13 +35,14 @@ cat <<MSG
 
 Serving $IMG on $SOCK (control socket $CTL).
 Connect from another terminal:
-  nbdinfo "$URI"                          export size, block sizes, flags
-  nbdinfo --map "$URI"                    which ranges hold data
+  # export size, block sizes and flags; then which ranges hold data
+  nbdinfo "$URI"
+  nbdinfo --map "$URI"
   qemu-img info "$URI"
+  # the volume as a file, /tmp/insitu-fuse/disk (detach: fusermount3 -u /tmp/insitu-fuse)
   mkdir -p /tmp/insitu-fuse && nbdfuse /tmp/insitu-fuse/disk --unix $SOCK &
-                                          the volume as a file: /tmp/insitu-fuse/disk
-                                          (fusermount3 -u /tmp/insitu-fuse to detach)
-  build/insitu status $CTL        live counters
+  # live counters
+  $INSITU status $CTL
 Press Ctrl-C to stop.
 
 MSG

@@ -41,7 +41,8 @@ class Reader {
 
 template <typename T>
 uint8_t* PutBig(uint8_t* p, T v) {
-  for (size_t i = 0; i < sizeof(T); i++) p[i] = static_cast<uint8_t>(v >> (8 * (sizeof(T) - 1 - i)));
+  for (size_t i = 0; i < sizeof(T); i++)
+    p[i] = static_cast<uint8_t>(v >> (8 * (sizeof(T) - 1 - i)));
   return p + sizeof(T);
 }
 
@@ -52,7 +53,9 @@ void AppendBig(std::vector<uint8_t>* out, T v) {
   PutBig(out->data() + at, v);
 }
 
-void AppendBytes(std::vector<uint8_t>* out, std::string_view s) { out->insert(out->end(), s.begin(), s.end()); }
+void AppendBytes(std::vector<uint8_t>* out, std::string_view s) {
+  out->insert(out->end(), s.begin(), s.end());
+}
 
 bool RangeFits(uint64_t offset, uint32_t length, uint64_t size) {
   return offset <= size && length <= size - offset;
@@ -127,8 +130,7 @@ Status ParseRequestHeader(std::span<const uint8_t> in, Request* out) {
   Reader r(in);
   uint32_t magic = 0;
   if (in.size() != kRequestHeaderSize || !r.U32(&magic) || !r.U16(&out->flags) ||
-      !r.U16(&out->type) || !r.U64(&out->cookie) || !r.U64(&out->offset) ||
-      !r.U32(&out->length)) {
+      !r.U16(&out->type) || !r.U64(&out->cookie) || !r.U64(&out->offset) || !r.U32(&out->length)) {
     return Status::InvalidArgument("truncated request header");
   }
   if (magic != kRequestMagic) return Status::InvalidArgument("bad request magic");

@@ -34,9 +34,9 @@ inline constexpr uint32_t kRequestMagic = 0x25609513;
 inline constexpr uint32_t kSimpleReplyMagic = 0x67446698;
 inline constexpr uint32_t kStructuredReplyMagic = 0x668e33ef;
 
-inline constexpr size_t kGreetingSize = 18;         // magic, magic, handshake flags
+inline constexpr size_t kGreetingSize = 18;  // magic, magic, handshake flags
 inline constexpr size_t kClientFlagsSize = 4;
-inline constexpr size_t kOptionHeaderSize = 16;     // magic, option, length
+inline constexpr size_t kOptionHeaderSize = 16;  // magic, option, length
 inline constexpr size_t kOptionReplyHeaderSize = 20;
 inline constexpr size_t kRequestHeaderSize = 28;
 inline constexpr size_t kSimpleReplySize = 16;
@@ -52,18 +52,15 @@ inline constexpr uint16_t kFlagNoZeroes = 1 << 1;
 inline constexpr uint32_t kClientFlagFixedNewstyle = 1 << 0;
 inline constexpr uint32_t kClientFlagNoZeroes = 1 << 1;
 
-// Transmission flags.
+// Transmission flags (only those this server offers).
 inline constexpr uint16_t kFlagHasFlags = 1 << 0;
 inline constexpr uint16_t kFlagReadOnly = 1 << 1;
 inline constexpr uint16_t kFlagSendFlush = 1 << 2;
 inline constexpr uint16_t kFlagSendFua = 1 << 3;
-inline constexpr uint16_t kFlagRotational = 1 << 4;
 inline constexpr uint16_t kFlagSendTrim = 1 << 5;
 inline constexpr uint16_t kFlagSendWriteZeroes = 1 << 6;
-inline constexpr uint16_t kFlagSendDf = 1 << 7;
 inline constexpr uint16_t kFlagCanMultiConn = 1 << 8;
 inline constexpr uint16_t kFlagSendCache = 1 << 10;
-inline constexpr uint16_t kFlagSendFastZero = 1 << 11;
 
 // Options.
 inline constexpr uint32_t kOptExportName = 1;
@@ -76,19 +73,14 @@ inline constexpr uint32_t kOptStructuredReply = 8;
 inline constexpr uint32_t kOptListMetaContext = 9;
 inline constexpr uint32_t kOptSetMetaContext = 10;
 
-// Option reply types; errors have bit 31 set.
+// Option reply types (those this server sends); errors have bit 31 set.
 inline constexpr uint32_t kRepAck = 1;
 inline constexpr uint32_t kRepServer = 2;
 inline constexpr uint32_t kRepInfo = 3;
 inline constexpr uint32_t kRepMetaContext = 4;
 inline constexpr uint32_t kRepErrUnsup = 0x80000001;
-inline constexpr uint32_t kRepErrPolicy = 0x80000002;
 inline constexpr uint32_t kRepErrInvalid = 0x80000003;
-inline constexpr uint32_t kRepErrPlatform = 0x80000004;
-inline constexpr uint32_t kRepErrTlsReqd = 0x80000005;
 inline constexpr uint32_t kRepErrUnknown = 0x80000006;
-inline constexpr uint32_t kRepErrShutdown = 0x80000007;
-inline constexpr uint32_t kRepErrBlockSizeReqd = 0x80000008;
 inline constexpr uint32_t kRepErrTooBig = 0x80000009;
 
 // NBD_REP_INFO types.
@@ -179,10 +171,10 @@ Status ParseRequestHeader(std::span<const uint8_t> in, Request* out);
 // What a request is checked against once the handshake is over.
 struct TransmissionState {
   uint64_t export_size = 0;
-  uint16_t flags = 0;           // the transmission flags sent to the client
-  bool structured = false;      // NBD_OPT_STRUCTURED_REPLY was acknowledged
-  bool meta_allocation = false; // base:allocation was selected
-  uint32_t max_payload = 0;     // the advertised maximum block size
+  uint16_t flags = 0;            // the transmission flags sent to the client
+  bool structured = false;       // NBD_OPT_STRUCTURED_REPLY was acknowledged
+  bool meta_allocation = false;  // base:allocation was selected
+  uint32_t max_payload = 0;      // the advertised maximum block size
 };
 
 // Returns 0 when `r` may be executed, otherwise the NBD error to answer it

@@ -1,7 +1,6 @@
 #include "libcore/nbd/server.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -53,10 +52,6 @@ class UniqueFd {
   UniqueFd() = default;
   explicit UniqueFd(int fd) : fd_(fd) {}
   UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& other) noexcept {
-    if (this != &other) Reset(std::exchange(other.fd_, -1));
-    return *this;
-  }
   ~UniqueFd() { Reset(); }
   int get() const { return fd_; }
   int Release() { return std::exchange(fd_, -1); }
@@ -77,7 +72,8 @@ struct FreeDeleter {
 using DataBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
 
 DataBuffer AllocateData(size_t len) {
-  const size_t rounded = (std::max<size_t>(len, 1) + kDataAlignment - 1) / kDataAlignment * kDataAlignment;
+  const size_t rounded =
+      (std::max<size_t>(len, 1) + kDataAlignment - 1) / kDataAlignment * kDataAlignment;
   return DataBuffer(static_cast<uint8_t*>(std::aligned_alloc(kDataAlignment, rounded)));
 }
 
@@ -155,7 +151,8 @@ Status RemoveStaleSocket(const std::string& path, const sockaddr_un& addr) {
     return Status::FromErrno(errno, "checking " + path);
   }
   if (!S_ISSOCK(st.st_mode)) {
-    return Status::InvalidArgument(path + " exists and is not a socket; remove it or choose another path");
+    return Status::InvalidArgument(path +
+                                   " exists and is not a socket; remove it or choose another path");
   }
   UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (probe.get() < 0) return Status::FromErrno(errno, "creating a socket");
@@ -222,15 +219,16 @@ Status ListenSocket::Open(const std::string& spec, std::unique_ptr<ListenSocket>
   std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(res, &::freeaddrinfo);
   Status last = Status::InvalidArgument("no address found for '" + host + "'");
   for (const addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    UniqueFd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                         ai->ai_protocol));
+    UniqueFd fd(
+        ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
     if (fd.get() < 0) {
       last = Status::FromErrno(errno, "creating a socket");
       continue;
     }
     const int one = 1;
     ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (ai->ai_family == AF_INET6) ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (ai->ai_family == AF_INET6)
+      ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
       last = Status::FromErrno(errno, "listening on " + spec);
       continue;
@@ -293,7 +291,8 @@ class NbdServer::Impl {
   void WorkerLoop();
   Status StartWorkers();
   void StopWorkers();
-  void AcceptOne(int listen_fd, std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns);
+  void AcceptOne(int listen_fd,
+                 std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns);
   void ReapFinished(std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns);
   void WaitForStop(int timeout_ms) const;
 
@@ -384,8 +383,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   std::mutex send_mu_;
   std::deque<Reply> send_queue_;
-  bool sending_ = false;    // some thread holds the send role
-  bool dead_ = false;       // writing failed; replies are dropped (send role only)
+  bool sending_ = false;  // some thread holds the send role
+  bool dead_ = false;     // writing failed; replies are dropped (send role only)
 };
 
 Connection::Io Connection::Recv(void* buf, size_t len) {
@@ -436,8 +435,8 @@ bool Connection::SendAll(std::span<const uint8_t> bytes) {
 bool Connection::SendOptionReply(uint32_t option, uint32_t type, std::string_view message) {
   std::vector<uint8_t> out;
   nbd::AppendOptionReply(
-      option, type,
-      std::span(reinterpret_cast<const uint8_t*>(message.data()), message.size()), &out);
+      option, type, std::span(reinterpret_cast<const uint8_t*>(message.data()), message.size()),
+      &out);
   return SendAll(out);
 }
 
@@ -519,9 +518,9 @@ Connection::Next Connection::HandleOption(uint32_t option, std::span<const uint8
     case nbd::kOptList: {
       if (!data.empty()) return reply(nbd::kRepErrInvalid, "NBD_OPT_LIST takes no data");
       std::vector<uint8_t> out;
-      nbd::AppendOptionReply(option, nbd::kRepServer,
-                             nbd::EncodeServerEntry(server_.opts.export_name, server_.opts.description),
-                             &out);
+      nbd::AppendOptionReply(
+          option, nbd::kRepServer,
+          nbd::EncodeServerEntry(server_.opts.export_name, server_.opts.description), &out);
       nbd::AppendOptionReply(option, nbd::kRepAck, {}, &out);
       return SendAll(out) ? Next::kContinue : Next::kClose;
     }
@@ -532,7 +531,8 @@ Connection::Next Connection::HandleOption(uint32_t option, std::span<const uint8
     case nbd::kOptGo:
       return HandleInfo(option, data);
     case nbd::kOptStructuredReply:
-      if (!data.empty()) return reply(nbd::kRepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
+      if (!data.empty())
+        return reply(nbd::kRepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data");
       structured_ = true;
       return reply(nbd::kRepAck, "");
     case nbd::kOptListMetaContext:
@@ -548,11 +548,10 @@ Connection::Next Connection::HandleInfo(uint32_t option, std::span<const uint8_t
   Status st = nbd::ParseInfoRequest(data, &req);
   if (!st.ok()) {
     return SendOptionReply(option, nbd::kRepErrInvalid, st.message()) ? Next::kContinue
-                                                                       : Next::kClose;
+                                                                      : Next::kClose;
   }
   if (!ExportMatches(req.export_name)) {
-    return SendOptionReply(option, nbd::kRepErrUnknown,
-                           "no export named '" + req.export_name + "'")
+    return SendOptionReply(option, nbd::kRepErrUnknown, "no export named '" + req.export_name + "'")
                ? Next::kContinue
                : Next::kClose;
   }
@@ -565,9 +564,9 @@ Connection::Next Connection::HandleInfo(uint32_t option, std::span<const uint8_t
       nbd::AppendOptionReply(option, nbd::kRepInfo,
                              nbd::EncodeInfoString(nbd::kInfoName, server_.opts.export_name), &out);
     } else if (type == nbd::kInfoDescription && !server_.opts.description.empty()) {
-      nbd::AppendOptionReply(
-          option, nbd::kRepInfo,
-          nbd::EncodeInfoString(nbd::kInfoDescription, server_.opts.description), &out);
+      nbd::AppendOptionReply(option, nbd::kRepInfo,
+                             nbd::EncodeInfoString(nbd::kInfoDescription, server_.opts.description),
+                             &out);
     }
   }
   // Sent whether asked for or not: a minimum of 1 imposes nothing on a
@@ -672,9 +671,10 @@ void Connection::Transmit() {
       }
     }
     if (error != 0) {
-      Reply reply = ErrorReply(req, error,
-                               error == nbd::kEnomem ? "out of memory"
-                                                     : DescribeRejection(req, error, state_.export_size));
+      Reply reply =
+          ErrorReply(req, error,
+                     error == nbd::kEnomem ? "out of memory"
+                                           : DescribeRejection(req, error, state_.export_size));
       reply.charge = charge;
       Send(std::move(reply));
       continue;
@@ -716,9 +716,11 @@ Reply Connection::OkReply(const nbd::Request& r) const {
   return Reply{{head.begin(), head.end()}, nullptr, 0, 0};
 }
 
-Reply Connection::ErrorReply(const nbd::Request& r, uint32_t error, std::string_view message) const {
+Reply Connection::ErrorReply(const nbd::Request& r, uint32_t error,
+                             std::string_view message) const {
   if (structured_) {
-    return Reply{nbd::EncodeErrorChunk(nbd::kReplyFlagDone, r.cookie, error, message), nullptr, 0, 0};
+    return Reply{nbd::EncodeErrorChunk(nbd::kReplyFlagDone, r.cookie, error, message), nullptr, 0,
+                 0};
   }
   // A simple error reply to a read carries no data, as the protocol asks.
   const auto head = nbd::EncodeSimpleReply(error, r.cookie);
@@ -746,10 +748,12 @@ void Connection::Execute(Job& job) {
         reply = Reply{{head.begin(), head.end()}, std::move(buf), r.length, 0};
       } else if (r.length == 0) {
         // A data chunk must carry at least one byte.
-        const auto head = nbd::EncodeChunkHeader(nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
+        const auto head =
+            nbd::EncodeChunkHeader(nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
         reply = Reply{{head.begin(), head.end()}, nullptr, 0, 0};
       } else {
-        const auto head = nbd::EncodeOffsetDataHeader(nbd::kReplyFlagDone, r.cookie, r.offset, r.length);
+        const auto head =
+            nbd::EncodeOffsetDataHeader(nbd::kReplyFlagDone, r.cookie, r.offset, r.length);
         reply = Reply{{head.begin(), head.end()}, std::move(buf), r.length, 0};
       }
       break;
@@ -880,8 +884,8 @@ void Connection::WriteBatch(std::deque<Reply>* batch) {
 
 NbdServer::Impl::Impl(BlockDevice* device, NbdServerOptions options)
     : dev(device), opts(std::move(options)) {
-  transmission_flags = nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendCache |
-                       nbd::kFlagCanMultiConn;
+  transmission_flags =
+      nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendCache | nbd::kFlagCanMultiConn;
   if (opts.read_only) {
     transmission_flags |= nbd::kFlagReadOnly;
   } else {
@@ -919,7 +923,8 @@ void NbdServer::Impl::WorkerLoop() {
 }
 
 Status NbdServer::Impl::StartWorkers() {
-  const unsigned n = opts.threads > 0 ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
+  const unsigned n =
+      opts.threads > 0 ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
   try {
     for (unsigned i = 0; i < n; i++) workers.emplace_back([this] { WorkerLoop(); });
   } catch (const std::system_error& e) {
@@ -944,8 +949,8 @@ void NbdServer::Impl::WaitForStop(int timeout_ms) const {
   ::poll(&fd, 1, timeout_ms);
 }
 
-void NbdServer::Impl::AcceptOne(int listen_fd,
-                                std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns) {
+void NbdServer::Impl::AcceptOne(
+    int listen_fd, std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns) {
   sockaddr_storage peer{};
   socklen_t peer_len = sizeof(peer);
   UniqueFd fd(::accept4(listen_fd, reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_CLOEXEC));
@@ -964,7 +969,8 @@ void NbdServer::Impl::AcceptOne(int listen_fd,
     return;
   }
   const int one = 1;
-  if (peer.ss_family != AF_UNIX) ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (peer.ss_family != AF_UNIX)
+    ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   const timeval send_timeout{kSendTimeoutSeconds, 0};
   ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout));
 
@@ -994,7 +1000,8 @@ void NbdServer::Impl::AcceptOne(int listen_fd,
   }
 }
 
-void NbdServer::Impl::ReapFinished(std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns) {
+void NbdServer::Impl::ReapFinished(
+    std::list<std::pair<std::shared_ptr<Connection>, std::thread>>* conns) {
   uint64_t events = 0;
   [[maybe_unused]] ssize_t n = ::read(reap_fd.get(), &events, sizeof(events));
   for (auto it = conns->begin(); it != conns->end();) {

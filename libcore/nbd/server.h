@@ -75,9 +75,9 @@ struct NbdServerOptions {
   // The export's name.  Clients asking for "" (the default export) get it
   // too; any other name is refused.
   std::string export_name;
-  std::string description;  // shown by `nbdinfo` and in NBD_OPT_LIST
-  bool read_only = false;   // advertise READ_ONLY; writes get EPERM
-  unsigned threads = 0;     // worker threads; 0 = one per CPU
+  std::string description;                    // shown by `nbdinfo` and in NBD_OPT_LIST
+  bool read_only = false;                     // advertise READ_ONLY; writes get EPERM
+  unsigned threads = 0;                       // worker threads; 0 = one per CPU
   uint64_t max_inflight_bytes = 64ull << 20;  // per connection
   unsigned max_connections = 1024;            // more are closed at once
   // Receives one line per noteworthy event (a client broke the protocol, a

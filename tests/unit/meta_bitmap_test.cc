@@ -14,6 +14,28 @@ namespace {
 using format::kBlockSize;
 using format::kBlocksPerMetaPage;
 
+// Stores entries the way the write path does: pin, then unpin with them.
+void Set(MetaBitmap& m, uint64_t first, uint32_t n, const uint8_t* entries) {
+  SlotViews views;
+  ASSERT_TRUE(m.Pin(first, n, &views, [](const SlotViews&) { return Status::OK(); }).ok());
+  m.Unpin(first, n, entries);
+}
+
+// Writes every dirty page the way a commit does.
+Status CommitAll(MetaBitmap& m, BlockDevice& dev) {
+  std::vector<uint64_t> pages;
+  for (uint64_t p : m.DirtyPages()) {
+    if (m.SnapshotPage(p)) pages.push_back(p);
+  }
+  Status st;
+  for (uint64_t p : pages) {
+    if (st.ok()) st = m.WriteSnapshot(p);
+  }
+  if (st.ok()) st = dev.Flush();
+  for (uint64_t p : pages) m.FinishSnapshot(p, st.ok());
+  return st;
+}
+
 class MetaBitmapTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(ComputeGeometry(dev_.Size(), &sb_).ok()); }
@@ -27,7 +49,7 @@ TEST_F(MetaBitmapTest, EntriesAreIndependentAcrossByteBoundaries) {
   std::vector<uint8_t> ref(sb_.data_blocks);
   for (uint64_t b = 0; b < sb_.data_blocks; ++b) {
     ref[b] = static_cast<uint8_t>(rng() & 0x1f);
-    m.SetRange(b, 1, &ref[b]);
+    Set(m, b, 1, &ref[b]);
   }
   for (uint64_t b = 0; b < sb_.data_blocks; ++b) ASSERT_EQ(m.Get(b), ref[b]) << b;
 }
@@ -37,14 +59,15 @@ TEST_F(MetaBitmapTest, PagesPersistAndAlternateSlots) {
   {
     MetaBitmap m(&dev_, sb_);
     const uint8_t v[3] = {5, 0x10 | 8, 0x10 | 2};
-    m.SetRange(kBlocksPerMetaPage + 10, 3, v);
+    Set(m, kBlocksPerMetaPage + 10, 3, v);
     EXPECT_TRUE(m.HasDirtyPages());
-    ASSERT_TRUE(m.WriteDirtyPages().ok());
+    ASSERT_TRUE(CommitAll(m, dev_).ok());
     EXPECT_FALSE(m.HasDirtyPages());
     EXPECT_EQ(m.bytes_written(), kBlockSize);
+    EXPECT_EQ(m.DiskSequence(1), 1u);
     const uint8_t w = 7;
-    m.SetRange(kBlocksPerMetaPage + 10, 1, &w);
-    ASSERT_TRUE(m.WritePage(1, false).ok());
+    Set(m, kBlocksPerMetaPage + 10, 1, &w);
+    ASSERT_TRUE(CommitAll(m, dev_).ok());
   }
   MetaBitmap loaded(&dev_, sb_);
   ASSERT_TRUE(loaded.Load([](const std::string&) {}).ok());
@@ -64,11 +87,11 @@ TEST_F(MetaBitmapTest, TornNewerSlotFallsBackToOlderCopy) {
   {
     MetaBitmap m(&dev_, sb_);
     const uint8_t a = 3;
-    m.SetRange(0, 1, &a);
-    ASSERT_TRUE(m.WritePage(0, false).ok());  // seq 1, slot 1
+    Set(m, 0, 1, &a);
+    ASSERT_TRUE(CommitAll(m, dev_).ok());  // seq 1, slot 1
     const uint8_t b = 4;
-    m.SetRange(0, 1, &b);
-    ASSERT_TRUE(m.WritePage(0, false).ok());  // seq 2, slot 0
+    Set(m, 0, 1, &b);
+    ASSERT_TRUE(CommitAll(m, dev_).ok());  // seq 2, slot 0
   }
   // Tear the newest copy (slot 0): its second sector still holds bytes
   // from whatever was there before.
@@ -79,6 +102,45 @@ TEST_F(MetaBitmapTest, TornNewerSlotFallsBackToOlderCopy) {
   EXPECT_EQ(loaded.Get(0), 3);
   ASSERT_EQ(notes.size(), 1u);
   EXPECT_NE(notes[0].find("checksum"), std::string::npos);
+}
+
+TEST_F(MetaBitmapTest, ViewsShowTheOnDiskCopiesWhileMemoryMovesOn) {
+  MetaBitmap m(&dev_, sb_);
+  const uint8_t a = 3, b = 5;
+  Set(m, 0, 1, &a);
+  ASSERT_TRUE(CommitAll(m, dev_).ok());
+  Set(m, 0, 1, &b);  // in memory only
+  SlotViews views;
+  m.ReadViews(0, 1, &views);
+  EXPECT_EQ(m.Get(0), 5);
+  EXPECT_EQ(views.durable[0], 3);  // what a crash now would leave
+  EXPECT_EQ(views.durable_seq, 1u);
+  EXPECT_FALSE(views.has_committing);
+  // While a snapshot is being written both copies are possible.
+  ASSERT_TRUE(m.SnapshotPage(0));
+  m.ReadViews(0, 1, &views);
+  ASSERT_TRUE(views.has_committing);
+  EXPECT_EQ(views.committing[0], 5);
+  EXPECT_EQ(views.committing_seq, 2u);
+  ASSERT_TRUE(m.WriteSnapshot(0).ok());
+  m.FinishSnapshot(0, true);
+  m.ReadViews(0, 1, &views);
+  EXPECT_EQ(views.durable[0], 5);
+  EXPECT_FALSE(views.has_committing);
+  EXPECT_FALSE(m.HasDirtyPages());
+}
+
+TEST_F(MetaBitmapTest, FailedSnapshotWriteKeepsPageDirty) {
+  MetaBitmap m(&dev_, sb_);
+  const uint8_t a = 3;
+  Set(m, 0, 1, &a);
+  ASSERT_TRUE(m.SnapshotPage(0));
+  m.FinishSnapshot(0, false);
+  EXPECT_TRUE(m.HasDirtyPages());
+  EXPECT_EQ(m.DiskSequence(0), 0u);
+  SlotViews views;
+  m.ReadViews(0, 1, &views);
+  EXPECT_EQ(views.durable[0], 0);
 }
 
 TEST_F(MetaBitmapTest, BothSlotsDamagedIsCorruption) {

@@ -36,7 +36,12 @@ std::vector<uint8_t> Vec(const Container& c) {
 
 TEST(NbdProtocolTest, ParsesRequestHeader) {
   Wire w;
-  w.U32(kRequestMagic).U16(kCmdFlagFua).U16(kCmdWrite).U64(0x1122334455667788ull).U64(1 << 20).U32(4096);
+  w.U32(kRequestMagic)
+      .U16(kCmdFlagFua)
+      .U16(kCmdWrite)
+      .U64(0x1122334455667788ull)
+      .U64(1 << 20)
+      .U32(4096);
   Request r;
   ASSERT_TRUE(ParseRequestHeader(w.bytes, &r).ok());
   EXPECT_EQ(r.flags, kCmdFlagFua);
@@ -203,8 +208,7 @@ TEST(NbdProtocolTest, EncodesHandshakeMessages) {
   EXPECT_EQ(EncodeInfoBlockSize(1, 4096, 1 << 25),
             Wire().U16(kInfoBlockSize).U32(1).U32(4096).U32(1 << 25).bytes);
   EXPECT_EQ(EncodeServerEntry("vol", "a volume"), Wire().U32(3).Str("vol").Str("a volume").bytes);
-  EXPECT_EQ(EncodeMetaContext(7, kBaseAllocation),
-            Wire().U32(7).Str("base:allocation").bytes);
+  EXPECT_EQ(EncodeMetaContext(7, kBaseAllocation), Wire().U32(7).Str("base:allocation").bytes);
 }
 
 TEST(NbdProtocolTest, EncodesReplies) {
@@ -213,24 +217,46 @@ TEST(NbdProtocolTest, EncodesReplies) {
   EXPECT_EQ(Vec(EncodeChunkHeader(kReplyFlagDone, kReplyTypeNone, 9, 0)),
             Wire().U32(kStructuredReplyMagic).U16(1).U16(0).U64(9).U32(0).bytes);
   EXPECT_EQ(Vec(EncodeOffsetDataHeader(kReplyFlagDone, 9, 1 << 20, 4096)),
-            Wire().U32(kStructuredReplyMagic).U16(1).U16(kReplyTypeOffsetData).U64(9).U32(4104)
-                .U64(1 << 20).bytes);
-  EXPECT_EQ(EncodeErrorChunk(kReplyFlagDone, 3, kEio, "bad"),
-            Wire().U32(kStructuredReplyMagic).U16(1).U16(kReplyTypeError).U64(3).U32(9).U32(5)
-                .U16(3).Str("bad").bytes);
+            Wire()
+                .U32(kStructuredReplyMagic)
+                .U16(1)
+                .U16(kReplyTypeOffsetData)
+                .U64(9)
+                .U32(4104)
+                .U64(1 << 20)
+                .bytes);
+  EXPECT_EQ(EncodeErrorChunk(kReplyFlagDone, 3, kEio, "bad"), Wire()
+                                                                  .U32(kStructuredReplyMagic)
+                                                                  .U16(1)
+                                                                  .U16(kReplyTypeError)
+                                                                  .U64(3)
+                                                                  .U32(9)
+                                                                  .U32(5)
+                                                                  .U16(3)
+                                                                  .Str("bad")
+                                                                  .bytes);
   // Messages are cut to the protocol's string limit.
   const auto long_error = EncodeErrorChunk(0, 3, kEio, std::string(5000, 'x'));
   EXPECT_EQ(long_error.size(), kChunkHeaderSize + 6 + kMaxStringLength);
 
   const std::vector<BlockDescriptor> descs{{4096, kStateHole | kStateZero}, {512, 0}};
-  EXPECT_EQ(EncodeBlockStatusChunk(kReplyFlagDone, 5, 1, descs),
-            Wire().U32(kStructuredReplyMagic).U16(1).U16(kReplyTypeBlockStatus).U64(5).U32(20)
-                .U32(1).U32(4096).U32(3).U32(512).U32(0).bytes);
+  EXPECT_EQ(EncodeBlockStatusChunk(kReplyFlagDone, 5, 1, descs), Wire()
+                                                                     .U32(kStructuredReplyMagic)
+                                                                     .U16(1)
+                                                                     .U16(kReplyTypeBlockStatus)
+                                                                     .U64(5)
+                                                                     .U32(20)
+                                                                     .U32(1)
+                                                                     .U32(4096)
+                                                                     .U32(3)
+                                                                     .U32(512)
+                                                                     .U32(0)
+                                                                     .bytes);
 }
 
 TEST(NbdProtocolTest, TurnsAllocationIntoDescriptors) {
   const std::vector<AllocationRun> runs{
-      {4096, false, false}, {4096, false, false}, {0, true, true},   {8192, true, true},
+      {4096, false, false}, {4096, false, false}, {0, true, true},        {8192, true, true},
       {4096, true, true},   {4096, false, true},  {1 << 20, false, false}};
   auto d = AllocationToDescriptors(runs, 1 << 20, 100);
   ASSERT_EQ(d.size(), 4u);

@@ -474,14 +474,18 @@ TEST(NbdServerTest, ManyConcurrentCommandsComplete) {
   std::vector<std::vector<uint8_t>> back(kCount, std::vector<uint8_t>(4096));
   for (int i = 0; i < kCount; i++) {
     data[i] = RandomBytes(4096, 100 + i);
-    ASSERT_GE(nbd_aio_pwrite(h.get(), data[i].data(), 4096, uint64_t(i) * 8192, Callback(&writes[i]), 0), 1)
+    ASSERT_GE(
+        nbd_aio_pwrite(h.get(), data[i].data(), 4096, uint64_t(i) * 8192, Callback(&writes[i]), 0),
+        1)
         << nbd_get_error();
   }
   ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
   for (int i = 0; i < kCount; i++) {
     EXPECT_TRUE(writes[i].done);
     EXPECT_EQ(writes[i].error, 0);
-    ASSERT_GE(nbd_aio_pread(h.get(), back[i].data(), 4096, uint64_t(i) * 8192, Callback(&reads[i]), 0), 1);
+    ASSERT_GE(
+        nbd_aio_pread(h.get(), back[i].data(), 4096, uint64_t(i) * 8192, Callback(&reads[i]), 0),
+        1);
   }
   ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
   for (int i = 0; i < kCount; i++) {
@@ -512,7 +516,8 @@ TEST(NbdServerTest, RepliesComeInCompletionOrder) {
   ASSERT_GE(nbd_aio_pread(h.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
   ASSERT_TRUE(dev.WaitEntered(1));
   for (int i = 1; i < 33; i++) {
-    ASSERT_GE(nbd_aio_pread(h.get(), bufs[i].data(), 4096, uint64_t(i) * 4096, Callback(&done[i]), 0), 1);
+    ASSERT_GE(
+        nbd_aio_pread(h.get(), bufs[i].data(), 4096, uint64_t(i) * 4096, Callback(&done[i]), 0), 1);
   }
   ASSERT_TRUE(PollUntil(h.get(), [&] { return order.size() == 32; }));
   EXPECT_FALSE(done[0].done);  // still held by the device
@@ -539,7 +544,8 @@ TEST(NbdServerTest, ConnectionsShareTheDevice) {
   a.reset();
   b.reset();
   const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (harness.server.Counters().connections != 0 && std::chrono::steady_clock::now() < deadline) {
+  while (harness.server.Counters().connections != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(10ms);
   }
   EXPECT_EQ(harness.server.Counters().connections, 0u);
@@ -644,7 +650,9 @@ class RawClient {
     }
     return r == 0 || errno == ECONNRESET;
   }
-  bool ReadGreeting() { return ReadBig(8) == nbd::kGreetingMagic && ReadBig(8) == nbd::kOptionMagic && ReadBig(2) == 3; }
+  bool ReadGreeting() {
+    return ReadBig(8) == nbd::kGreetingMagic && ReadBig(8) == nbd::kOptionMagic && ReadBig(2) == 3;
+  }
   // Reads one option reply; returns its type, or 0 on a broken stream.
   uint32_t ReadOptionReply(uint32_t option) {
     if (ReadBig(8) != nbd::kOptionReplyMagic || ReadBig(4) != option) return 0;
@@ -659,7 +667,8 @@ class RawClient {
     }
     return ReadBig(8) == kMiB && ReadBig(2) != UINT64_MAX;
   }
-  RawClient& Request(uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset, uint32_t len) {
+  RawClient& Request(uint16_t flags, uint16_t type, uint64_t cookie, uint64_t offset,
+                     uint32_t len) {
     return U32(nbd::kRequestMagic).U16(flags).U16(type).U64(cookie).U64(offset).U32(len);
   }
   // Reads a simple reply; returns its error, or UINT32_MAX on a broken stream.
@@ -708,14 +717,19 @@ TEST(NbdServerTest, SurvivesBrokenHandshakes) {
     ASSERT_TRUE(c.ReadGreeting());
     ASSERT_TRUE(c.U32(1).U64(nbd::kOptionMagic).U32(77).U32(0).Flush());
     EXPECT_EQ(c.ReadOptionReply(77), nbd::kRepErrUnsup);
-    ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptInfo).U32(1 << 20).Bytes(std::vector<uint8_t>(1 << 20)).Flush());
+    ASSERT_TRUE(c.U64(nbd::kOptionMagic)
+                    .U32(nbd::kOptInfo)
+                    .U32(1 << 20)
+                    .Bytes(std::vector<uint8_t>(1 << 20))
+                    .Flush());
     EXPECT_EQ(c.ReadOptionReply(nbd::kOptInfo), nbd::kRepErrTooBig);
     ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptStartTls).U32(0).Flush());
     EXPECT_EQ(c.ReadOptionReply(nbd::kOptStartTls), nbd::kRepErrUnsup);
     ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptList).U32(1).Bytes({0}).Flush());
     EXPECT_EQ(c.ReadOptionReply(nbd::kOptList), nbd::kRepErrInvalid);
     ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptSetMetaContext).U32(0).Flush());
-    EXPECT_EQ(c.ReadOptionReply(nbd::kOptSetMetaContext), nbd::kRepErrInvalid);  // no structured replies
+    EXPECT_EQ(c.ReadOptionReply(nbd::kOptSetMetaContext),
+              nbd::kRepErrInvalid);  // no structured replies
     ASSERT_TRUE(c.U64(nbd::kOptionMagic).U32(nbd::kOptExportName).U32(0).Flush());
     EXPECT_EQ(c.ReadBig(8), kMiB);
     EXPECT_NE(c.ReadBig(2), UINT64_MAX);
@@ -732,7 +746,8 @@ TEST(NbdServerTest, SurvivesBrokenHandshakes) {
   {
     RawClient c(harness.sock);  // unknown export via NBD_OPT_EXPORT_NAME
     ASSERT_TRUE(c.ReadGreeting());
-    ASSERT_TRUE(c.U32(3).U64(nbd::kOptionMagic).U32(nbd::kOptExportName).U32(2).Bytes({'n', 'o'}).Flush());
+    ASSERT_TRUE(
+        c.U32(3).U64(nbd::kOptionMagic).U32(nbd::kOptExportName).U32(2).Bytes({'n', 'o'}).Flush());
     EXPECT_TRUE(c.ClosedByServer());
   }
   harness.ExpectHealthy();
@@ -813,7 +828,8 @@ TEST(NbdServerTest, BoundsInflightDataPerConnection) {
   ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));
   for (int i = 0; i < kCount; i++) {
     EXPECT_EQ(done[i].error, 0);
-    EXPECT_TRUE(std::equal(data[i].begin(), data[i].end(), dev.contents().begin() + i * 256 * 1024));
+    EXPECT_TRUE(
+        std::equal(data[i].begin(), data[i].end(), dev.contents().begin() + i * 256 * 1024));
   }
 }
 
@@ -832,7 +848,9 @@ TEST(NbdServerTest, ShutdownCompletesRequestsInFlight) {
   std::vector<Completion> done(kCount);
   for (int i = 0; i < kCount; i++) {
     data[i] = RandomBytes(4096, 200 + i);
-    ASSERT_GE(nbd_aio_pwrite(h.get(), data[i].data(), 4096, uint64_t(i) * 4096, Callback(&done[i]), 0), 1);
+    ASSERT_GE(
+        nbd_aio_pwrite(h.get(), data[i].data(), 4096, uint64_t(i) * 4096, Callback(&done[i]), 0),
+        1);
   }
   ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == kCount; }));
   ASSERT_TRUE(dev.WaitEntered(kCount));
@@ -840,7 +858,7 @@ TEST(NbdServerTest, ShutdownCompletesRequestsInFlight) {
 
   harness.server.Shutdown();
   std::this_thread::sleep_for(200ms);
-  EXPECT_FALSE(harness.run_returned.load());  // waiting for the device
+  EXPECT_FALSE(harness.run_returned.load());           // waiting for the device
   EXPECT_NE(::access(harness.sock.c_str(), F_OK), 0);  // but no longer accepting
   dev.Open();
   ASSERT_TRUE(PollUntil(h.get(), [&] { return nbd_aio_in_flight(h.get()) == 0; }));

@@ -14,13 +14,16 @@ namespace {
 using format::kBlockSize;
 
 TEST(Superblock, GeometryFitsTheDevice) {
-  for (uint64_t mib : {3, 4, 17, 64, 1000, 1 << 20}) {
+  for (uint64_t mib : {4, 5, 17, 64, 1000, 1 << 20}) {
     format::Superblock sb{};
     const uint64_t bytes = mib << 20;
     ASSERT_TRUE(ComputeGeometry(bytes, &sb).ok()) << mib;
     EXPECT_EQ(sb.meta_offset, kBlockSize);
     EXPECT_GE(sb.meta_pages * format::kBlocksPerMetaPage, sb.data_blocks);
-    EXPECT_GE(sb.data_offset, sb.meta_offset + sb.meta_pages * 2 * kBlockSize);
+    EXPECT_GE(sb.journal_offset, sb.meta_offset + sb.meta_pages * 2 * kBlockSize);
+    EXPECT_EQ(sb.data_offset, sb.journal_offset + sb.journal_bytes);
+    EXPECT_GE(sb.journal_bytes, uint64_t{1} << 20);
+    EXPECT_LE(sb.journal_bytes, uint64_t{16} << 20);
     EXPECT_EQ(sb.data_offset % format::kDataAlignment, 0u);
     EXPECT_LE(sb.data_offset + sb.data_blocks * kBlockSize, sb.backup_offset);
     EXPECT_EQ(sb.backup_offset, bytes - kBlockSize);
@@ -29,7 +32,7 @@ TEST(Superblock, GeometryFitsTheDevice) {
               uint64_t{format::kDataAlignment} + kBlockSize);
   }
   format::Superblock sb{};
-  EXPECT_FALSE(ComputeGeometry(2 << 20, &sb).ok());
+  EXPECT_FALSE(ComputeGeometry(3 << 20, &sb).ok());
 }
 
 class SuperblockOnDevice : public ::testing::Test {
