@@ -103,6 +103,11 @@ struct Superblock {
 };
 static_assert(sizeof(Superblock) == 352, "superblock layout changed");
 
+// Sequence numbers (payload write_seq, page and journal sequences) stay
+// below this; a larger value on disk is corruption, and a counter can never
+// come near wrapping.
+inline constexpr uint64_t kMaxSequence = uint64_t{1} << 62;
+
 // ---- metadata pages ------------------------------------------------------
 
 inline constexpr uint32_t kMetaMagic = 0x504d5349;  // "ISMP"

@@ -46,6 +46,9 @@ Status DecodeMetaPage(const uint8_t* block, uint64_t page, uint64_t* sequence, u
   uint32_t computed = Crc32c(0, &h, sizeof(h));
   computed = Crc32c(computed, block + sizeof(h), kBlockSize - sizeof(h));
   if (crc != computed) return Status::Corruption(where + ": checksum mismatch");
+  if (h.sequence == 0 || h.sequence >= format::kMaxSequence) {
+    return Status::Corruption(where + ": sequence out of range");
+  }
   if (h.page_index != page) {
     return Status::Corruption(where + ": holds page " + std::to_string(h.page_index));
   }

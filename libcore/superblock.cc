@@ -111,6 +111,9 @@ Status DecodeSuperblock(const uint8_t* block, uint64_t device_size, Superblock* 
       sb.state != static_cast<uint32_t>(format::VolumeState::kDirty)) {
     return Status::Corruption("unknown volume state " + std::to_string(sb.state));
   }
+  if (sb.next_write_seq >= format::kMaxSequence) {
+    return Status::Corruption("superblock write sequence out of range");
+  }
   Superblock geo;
   INSITU_RETURN_IF_ERROR(ComputeGeometry(sb.device_bytes, &geo));
   if (geo.data_blocks != sb.data_blocks || geo.meta_offset != sb.meta_offset ||

@@ -37,7 +37,8 @@ Status DecodeJournalHeader(const uint8_t* block, uint64_t* sequence, uint64_t* m
   const uint32_t crc = h.crc;
   h.crc = 0;
   if (h.magic != format::kJournalHeaderMagic || h.version != format::kJournalVersion ||
-      h.header_bytes != sizeof(JournalHeader) || crc != Crc32c(0, &h, sizeof(h))) {
+      h.header_bytes != sizeof(JournalHeader) || crc != Crc32c(0, &h, sizeof(h)) ||
+      h.sequence >= format::kMaxSequence || h.min_record_seq >= format::kMaxSequence) {
     return Status::Corruption("journal header damaged");
   }
   *sequence = h.sequence;

@@ -21,7 +21,8 @@ namespace {
 // allocates nothing per request.
 struct ReadScratch {
   AlignedBuffer payload{format::kMaxExtentBlocks * kBlockSize};
-  AlignedBuffer extent{format::kMaxExtentBlocks * kBlockSize};
+  AlignedBuffer extent{format::kMaxExtentBlocks * kBlockSize};   // a decompressed extent
+  AlignedBuffer partial{format::kMaxExtentBlocks * kBlockSize};  // blocks of an unaligned read
 };
 ReadScratch& GetReadScratch() {
   thread_local ReadScratch scratch;
@@ -284,7 +285,7 @@ Status InsituVolume::Read(uint64_t offset, void* buf, size_t len) {
         if (lo % kBlockSize == 0 && hi % kBlockSize == 0) {
           INSITU_RETURN_IF_ERROR(v.ReadExtentBlocks(slot_first, e, from, to, dst));
         } else {
-          AlignedBuffer& tmp = GetReadScratch().extent;
+          AlignedBuffer& tmp = GetReadScratch().partial;
           INSITU_RETURN_IF_ERROR(v.ReadExtentBlocks(slot_first, e, from, to, tmp.data()));
           std::memcpy(dst, tmp.data() + (lo - from * kBlockSize), hi - lo);
         }
