@@ -31,6 +31,8 @@ const char* KindName(ExtentInfo::Kind kind) {
       return "raw";
     case ExtentInfo::Kind::kCorrupt:
       return "corrupt";
+    case ExtentInfo::Kind::kBad:
+      return "bad";
   }
   return "unknown";
 }

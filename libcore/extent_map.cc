@@ -24,6 +24,12 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
     if (entries[i] & ~(kMetaLengthMask | kMetaTailBit)) return Bad(i, "stray bits set");
     if (entries[i] & kMetaTailBit) return Bad(i, "extent tail without a head");
     uint32_t j = i + 1;
+    if (entries[i] == format::kMetaBadBlock) {
+      if (j < n && (entries[j] & kMetaTailBit)) return Bad(i, "bad block followed by tails");
+      out->push_back(SlotExtent{i, 1, 0, true});
+      i = j;
+      continue;
+    }
     while (j < n && (entries[j] & kMetaTailBit)) ++j;
     SlotExtent e;
     e.first = i;

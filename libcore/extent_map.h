@@ -4,7 +4,8 @@
 // Pure functions over arrays of 5-bit entries (format.h explains the bits);
 // the volume, dump and fsck all use them, so the rules live only here:
 //  - a slot starts with a head (tail bit clear);
-//  - a head with length 0 is a single unwritten block (no tail follows);
+//  - a head with length 0 is a single unwritten block, a head with length
+//    15 a single bad block (no tail follows either);
 //  - the lengths of an extent's blocks are the greedy charge of its payload
 //    length P (head min(P,8), then min(P-8,8), ...), 1 <= P <= 8*nblocks;
 //  - P == 8*nblocks means raw storage, anything less a compressed payload.
@@ -21,9 +22,10 @@ namespace insitu {
 struct SlotExtent {
   uint32_t first = 0;    // block index within the slot
   uint32_t nblocks = 0;
-  uint32_t sectors = 0;  // payload sectors; 0 for an unwritten block
-  bool unwritten() const { return sectors == 0; }
-  bool raw() const { return sectors == nblocks * 8; }
+  uint32_t sectors = 0;  // payload sectors; 0 for an unwritten or bad block
+  bool bad = false;      // data lost; reads fail until the block is rewritten
+  bool unwritten() const { return sectors == 0 && !bad; }
+  bool raw() const { return !bad && sectors == nblocks * 8; }
   bool compressed() const { return sectors != 0 && !raw(); }
   // 4 KiB units of the extent's place that its payload occupies.
   uint32_t used_blocks() const { return (sectors + 7) / 8; }

@@ -21,7 +21,8 @@
 // the bitmap of its metadata page (block b -> page b / kBlocksPerMetaPage).
 //   bits 0..3  length: payload sectors charged to this block (0..8)
 //   bit  4     tail: 1 if the block continues the extent that precedes it
-// A head (tail=0) with length 0 is an unwritten block (reads as zeros).
+// A head (tail=0) with length 0 is an unwritten block (reads as zeros);
+// with length 15 a bad block (reads fail).
 // An extent's payload length is the sum of its blocks' lengths, charged
 // greedily: head min(P,8), next min(P-8,8), ...  A payload of exactly
 // 8*nblocks sectors is the raw data (incompressible); anything shorter is a
@@ -117,6 +118,9 @@ inline constexpr uint32_t kBlocksPerMetaPage = 6400;
 inline constexpr uint32_t kMetaBitmapBytes = kBlocksPerMetaPage * kMetaBitsPerBlock / 8;  // 4000
 inline constexpr uint8_t kMetaLengthMask = 0x0f;
 inline constexpr uint8_t kMetaTailBit = 0x10;
+// A head entry with length 15: a single block whose data was lost (fsck
+// marks unreadable extents so).  Reads of it fail; a write replaces it.
+inline constexpr uint8_t kMetaBadBlock = 0x0f;
 
 // A metadata page slot.  Of the two slots of a page, the valid one (magic,
 // version, page index and CRC all good) with the higher sequence is current;

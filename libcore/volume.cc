@@ -69,6 +69,11 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
                                             uint64_t from, uint64_t to, uint8_t* out) {
   const uint64_t head = slot_first + e.first;
   const size_t bytes = (to - from) * kBlockSize;
+  if (e.bad) {
+    read_errors.fetch_add(1);
+    return Status::Corruption("block " + std::to_string(head) +
+                              " was lost (marked bad by fsck.insitu); rewrite it to reuse it");
+  }
   if (e.unwritten()) {
     std::memset(out, 0, bytes);
     return Status::OK();
@@ -209,6 +214,8 @@ Status InsituVolume::Open(std::unique_ptr<BlockDevice> dev, const OpenOptions& o
         v.payload_sectors += e.sectors;
       } else if (e.raw()) {
         v.blocks_raw += e.nblocks;
+      } else if (e.bad) {
+        v.blocks_bad += 1;
       }
     }
   }
@@ -274,6 +281,8 @@ Status InsituVolume::Read(uint64_t offset, void* buf, size_t len) {
       uint8_t* dst = out + (lo - offset);
       if (e.unwritten()) {
         std::memset(dst, 0, hi - lo);
+      } else if (e.bad) {
+        return v.ReadExtentBlocks(slot_first, e, 0, 0, nullptr);
       } else if (e.raw()) {
         Status st = v.dev->Read(v.sb.data_offset + lo, dst, hi - lo);
         if (!st.ok()) {
@@ -380,7 +389,8 @@ VolumeStats InsituVolume::Stats() const {
   s.blocks_compressed = static_cast<uint64_t>(v.blocks_compressed.load());
   s.blocks_raw = static_cast<uint64_t>(v.blocks_raw.load());
   s.data_blocks = v.sb.data_blocks;
-  s.blocks_unwritten = s.data_blocks - s.blocks_compressed - s.blocks_raw;
+  s.blocks_bad = static_cast<uint64_t>(v.blocks_bad.load());
+  s.blocks_unwritten = s.data_blocks - s.blocks_compressed - s.blocks_raw - s.blocks_bad;
   s.payload_sectors = static_cast<uint64_t>(v.payload_sectors.load());
   s.read_errors = v.read_errors.load();
   return s;
@@ -415,7 +425,9 @@ void InsituVolume::ForEachExtent(const std::function<void(const ExtentInfo&)>& f
       }
       emit_pending();
       fn(ExtentInfo{slot + e.first, e.nblocks, e.sectors,
-                    e.raw() ? ExtentInfo::Kind::kRaw : ExtentInfo::Kind::kCompressed});
+                    e.bad   ? ExtentInfo::Kind::kBad
+                    : e.raw() ? ExtentInfo::Kind::kRaw
+                              : ExtentInfo::Kind::kCompressed});
     }
   }
   emit_pending();

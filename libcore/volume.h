@@ -62,6 +62,7 @@ struct VolumeStats {
   uint64_t blocks_compressed = 0;      // blocks in compressed extents
   uint64_t blocks_raw = 0;             // blocks stored uncompressed
   uint64_t blocks_unwritten = 0;       // blocks that read as zeros with no payload
+  uint64_t blocks_bad = 0;             // blocks fsck marked lost: reads fail
   uint64_t payload_sectors = 0;        // sectors used by compressed payloads
   uint64_t data_blocks = 0;            // logical size in blocks
   uint64_t read_errors = 0;            // reads failed (device error or bad payload)
@@ -76,7 +77,8 @@ struct ExtentInfo {
   uint32_t payload_sectors = 0;  // 0 for unwritten runs
   // kCorrupt: the slot's metadata breaks the format's rules; reads of
   // these blocks fail until fsck repairs them.
-  enum class Kind { kUnwritten, kCompressed, kRaw, kCorrupt } kind = Kind::kUnwritten;
+  // kBad: a block fsck marked lost.
+  enum class Kind { kUnwritten, kCompressed, kRaw, kCorrupt, kBad } kind = Kind::kUnwritten;
 };
 
 class InsituVolume final : public BlockDevice {

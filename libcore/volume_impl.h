@@ -97,6 +97,7 @@ class InsituVolume::Impl {
   std::atomic<uint64_t> read_errors{0};
   std::atomic<int64_t> blocks_compressed{0};
   std::atomic<int64_t> blocks_raw{0};
+  std::atomic<int64_t> blocks_bad{0};
   std::atomic<int64_t> payload_sectors{0};
   uint64_t base_logical = 0, base_payload = 0, base_meta = 0;
 

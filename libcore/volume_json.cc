@@ -102,6 +102,8 @@ nlohmann::json StatsToJson(const VolumeStats& stats) {
   j["blocks_compressed"] = stats.blocks_compressed;
   j["blocks_raw"] = stats.blocks_raw;
   j["blocks_unwritten"] = stats.blocks_unwritten;
+  j["blocks_bad"] = stats.blocks_bad;
+  j["undo_records"] = stats.undo_records;
   j["payload_sectors"] = stats.payload_sectors;
   j["data_blocks"] = stats.data_blocks;
   j["read_errors"] = stats.read_errors;

@@ -287,7 +287,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   }
   v_.meta.Unpin(slot_first_, slot_n, entries);
 
-  int64_t d_compressed = 0, d_raw = 0, d_sectors = 0;
+  int64_t d_compressed = 0, d_raw = 0, d_sectors = 0, d_bad = 0;
   for (const NewExtent& e : extents) {
     if (e.sectors == e.nblocks * kSectorsPerBlock) {
       d_raw += e.nblocks;
@@ -300,6 +300,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   for (const SlotExtent& e : touched) {
     old_used |= UnitMask(e.first, e.used_blocks());
     if (e.raw()) d_raw -= e.nblocks;
+    if (e.bad) d_bad -= 1;
     if (e.compressed()) {
       d_compressed -= e.nblocks;
       d_sectors -= e.sectors;
@@ -308,6 +309,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   v_.blocks_compressed += d_compressed;
   v_.blocks_raw += d_raw;
   v_.payload_sectors += d_sectors;
+  v_.blocks_bad += d_bad;
   if (const uint32_t freed = old_used & ~new_used; freed != 0) v_.QueueDiscard(slot_first_, freed);
   return Status::OK();
 }

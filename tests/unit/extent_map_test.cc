@@ -41,6 +41,20 @@ TEST(ExtentMap, DecodesMixedSlot) {
   EXPECT_TRUE(out[4].unwritten());
 }
 
+TEST(ExtentMap, BadBlockMarkerIsItsOwnExtent) {
+  uint8_t entries[3] = {format::kMetaBadBlock, 0, format::kMetaBadBlock};
+  std::vector<SlotExtent> out;
+  ASSERT_TRUE(DecodeSlot(entries, 3, &out).ok());
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_TRUE(out[0].bad);
+  EXPECT_FALSE(out[0].unwritten() || out[0].raw() || out[0].compressed());
+  EXPECT_EQ(out[0].used_blocks(), 0u);
+  EXPECT_TRUE(out[1].unwritten());
+  EXPECT_TRUE(out[2].bad);
+  uint8_t bad_with_tail[2] = {format::kMetaBadBlock, format::kMetaTailBit};
+  EXPECT_EQ(DecodeSlot(bad_with_tail, 2, &out).code(), Status::Code::kCorruption);
+}
+
 TEST(ExtentMap, RejectsEveryBrokenRule) {
   std::vector<SlotExtent> out;
   uint8_t orphan_tail[2] = {format::kMetaTailBit | 3, 0};

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "libcore/mem_device.h"
+#include "libcore/meta_bitmap.h"
 #include "libcore/superblock.h"
 #include "tests/unit/test_util.h"
 
@@ -256,6 +257,43 @@ TEST_F(VolumeTest, CrashedVolumeIsReportedUnclean) {
   ASSERT_TRUE(v->Read(0, out.data(), out.size()).ok());
   EXPECT_EQ(out, text);
   EXPECT_EQ(v->superblock().unclean_count, 1u);
+}
+
+TEST_F(VolumeTest, BadBlockFailsReadsUntilRewritten) {
+  Open();
+  auto text = Data(DataKind::kText, 8 * kBlockSize);
+  ASSERT_TRUE(vol_->Write(0, text.data(), text.size(), false).ok());
+  ASSERT_TRUE(vol_->Write(8 * kBlockSize, text.data(), kBlockSize, false).ok());
+  const format::Superblock sb = vol_->superblock();
+  ASSERT_TRUE(vol_->Close().ok());
+  vol_.reset();
+  // Mark block 8 bad in the current copy of metadata page 0, as fsck does.
+  uint8_t* slot = nullptr;
+  uint64_t best = 0;
+  uint8_t bits[format::kMetaBitmapBytes];
+  for (int s = 0; s < 2; ++s) {
+    uint8_t* at = mem_.contents().data() + sb.meta_offset + s * kBlockSize;
+    uint64_t seq;
+    if (DecodeMetaPage(at, 0, &seq, bits).ok() && seq >= best) {
+      best = seq;
+      slot = at;
+    }
+  }
+  ASSERT_NE(slot, nullptr);
+  ASSERT_TRUE(DecodeMetaPage(slot, 0, &best, bits).ok());
+  bits[5] = format::kMetaBadBlock;  // block 8: bits 40..44, exactly byte 5
+  EncodeMetaPage(0, best, bits, slot);
+  Open();
+  EXPECT_EQ(vol_->Stats().blocks_bad, 1u);
+  std::vector<uint8_t> out(kBlockSize);
+  EXPECT_EQ(vol_->Read(8 * kBlockSize, out.data(), kBlockSize).code(), Status::Code::kCorruption);
+  EXPECT_EQ(ReadAll(0, text.size()), text);  // its neighbours are fine
+  // A partial write needs the lost bytes and fails; a whole one replaces it.
+  EXPECT_FALSE(vol_->Write(8 * kBlockSize + 10, text.data(), 10, false).ok());
+  ASSERT_TRUE(vol_->Write(8 * kBlockSize, text.data(), kBlockSize, false).ok());
+  EXPECT_EQ(ReadAll(8 * kBlockSize, kBlockSize),
+            std::vector<uint8_t>(text.begin(), text.begin() + kBlockSize));
+  EXPECT_EQ(vol_->Stats().blocks_bad, 0u);
 }
 
 TEST_F(VolumeTest, ReadOnlyRejectsWritesAndOutOfRangeIsRejected) {
