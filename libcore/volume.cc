@@ -376,7 +376,10 @@ Status InsituVolume::GetAllocation(uint64_t offset, uint64_t len,
 
 std::string InsituVolume::Describe() const { return "insitu:" + impl_->dev->Describe(); }
 
-const format::Superblock& InsituVolume::superblock() const { return impl_->sb; }
+format::Superblock InsituVolume::superblock() const {
+  std::lock_guard<std::mutex> lock(impl_->sb_mu);
+  return impl_->sb;
+}
 
 VolumeStats InsituVolume::Stats() const {
   const Impl& v = *impl_;

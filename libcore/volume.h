@@ -103,7 +103,8 @@ class InsituVolume final : public BlockDevice {
   Status GetAllocation(uint64_t offset, uint64_t len, std::vector<AllocationRun>* runs) override;
   std::string Describe() const override;
 
-  const format::Superblock& superblock() const;
+  // A copy: the volume rewrites its counters and state concurrently.
+  format::Superblock superblock() const;
   VolumeStats Stats() const;
   bool read_only() const;
   // True when Open() found the volume had not been closed cleanly.
