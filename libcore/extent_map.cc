@@ -35,6 +35,7 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
     e.first = i;
     e.nblocks = j - i;
     for (uint32_t k = i; k < j; ++k) {
+      if (entries[k] & ~(kMetaLengthMask | kMetaTailBit)) return Bad(k, "stray bits set");
       const uint32_t len = entries[k] & kMetaLengthMask;
       if (len > format::kSectorsPerBlock) return Bad(k, "length " + std::to_string(len) + " > 8");
       e.sectors += len;

@@ -58,7 +58,8 @@ Status DecodeUndoRecord(const uint8_t* rec, uint64_t avail, UndoRecord* out) {
     return Status::Corruption("undo record header damaged");
   }
   r.crc = crc;
-  if (r.data_sectors == 0 || UndoJournal::RecordBytes(r.data_sectors) > avail) {
+  if (r.data_sectors == 0 || r.data_sectors > UndoJournal::kMaxDataSectors ||
+      UndoJournal::RecordBytes(r.data_sectors) > avail) {
     return Status::Corruption("undo record length out of range");
   }
   if (r.data_crc != Crc32c(0, rec + kSectorSize, uint64_t{r.data_sectors} * kSectorSize)) {
@@ -70,6 +71,8 @@ Status DecodeUndoRecord(const uint8_t* rec, uint64_t avail, UndoRecord* out) {
 
 UndoJournal::UndoJournal(BlockDevice* dev, const format::Superblock& sb)
     : dev_(dev),
+      data_begin_(sb.data_offset),
+      data_end_(sb.data_offset + sb.data_blocks * kBlockSize),
       journal_offset_(sb.journal_offset),
       header_bytes_(format::kJournalHeaderSlots * kBlockSize),
       ring_bytes_(sb.journal_bytes - format::kJournalHeaderSlots * kBlockSize) {}
@@ -155,6 +158,11 @@ Status UndoJournal::Recover(const std::function<uint64_t(uint64_t)>& page_seq,
     if (!DecodeUndoRecord(ring.data() + pos, ring_bytes_ - pos, &r).ok()) {
       pos += kSectorSize;
       continue;
+    }
+    const uint64_t saved = uint64_t{r.data_sectors} * kSectorSize;
+    if (r.data_offset < data_begin_ || r.data_offset > data_end_ - saved) {
+      return Status::Corruption("undo record " + std::to_string(r.record_seq) +
+                                " points outside the data area");
     }
     if (r.record_seq >= min_record_seq) {
       const uint64_t on_disk = page_seq(r.page);

@@ -39,8 +39,10 @@ class UndoJournal {
 
   // Bytes a record saving data_sectors sectors occupies in the ring.
   static uint64_t RecordBytes(uint32_t data_sectors) {
-    return uint64_t{data_sectors + 1} * format::kSectorSize;
+    return (uint64_t{data_sectors} + 1) * format::kSectorSize;
   }
+  // The most a record saves: one slot's place.
+  static constexpr uint32_t kMaxDataSectors = format::kMaxExtentBlocks * format::kSectorsPerBlock;
   uint64_t ring_bytes() const { return ring_bytes_; }
 
   // Reserves ring space for a record; *ticket identifies it.  kBusy when the
@@ -72,6 +74,8 @@ class UndoJournal {
   }
 
   BlockDevice* dev_;
+  uint64_t data_begin_;  // records may only restore bytes inside [data_begin_, data_end_)
+  uint64_t data_end_;
   uint64_t journal_offset_;
   uint64_t header_bytes_;
   uint64_t ring_bytes_;

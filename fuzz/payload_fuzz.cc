@@ -1,0 +1,154 @@
+// Fuzzes OpenPayload() and every codec's Decompress(): what a read does
+// with the bytes it finds at an extent's place.
+//
+// Input: [codec][control][extent blocks - 1][body]
+//   codec % 5 is the CodecId; the extent has 1 + (byte % 32) blocks.
+//   control & 3 picks what the body is:
+//     0: a whole payload as read from disk, trailer included; it must pass
+//        OpenPayload() before it is decompressed, as on the read path;
+//     1: compressed bytes, sealed with a correct trailer, so that arbitrary
+//        streams reach the decompressor;
+//     2, 3: [position u16 LE][xor][cut][plain text]: the text (zero padded
+//        to the extent) is compressed with the codec, then the byte at
+//        position is xored and `cut % 8` bytes are cut from the end, so
+//        damaged but realistic streams of every codec are tried.
+//
+// Checks: a sealed payload always opens; an undamaged stream decompresses
+// to its text; whatever decompresses recompresses and round-trips; no
+// decompressor writes past the extent (the libraries are not instrumented,
+// so a guard zone after the output stands in for the sanitizer).
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "libcore/codec.h"
+#include "libcore/format.h"
+#include "libcore/payload.h"
+
+namespace {
+
+using insitu::format::kBlockSize;
+using insitu::format::kSectorSize;
+using insitu::format::PayloadTrailer;
+
+constexpr uint64_t kHeadBlock = 4096;  // any block: payloads name their place
+constexpr size_t kGuard = 64;
+constexpr uint8_t kGuardByte = 0xa5;
+
+void Require(bool ok, const char* what) {
+  if (ok) return;
+  std::fprintf(stderr, "payload_fuzz: %s\n", what);
+  std::abort();
+}
+
+const insitu::Codec& GetCodec(uint8_t id) {
+  static const auto codecs = [] {
+    std::array<std::unique_ptr<insitu::Codec>, 5> all;
+    for (uint8_t i = 0; i < all.size(); ++i) {
+      const insitu::Status st =
+          insitu::Codec::Create({static_cast<insitu::CodecId>(i), 0}, &all[i]);
+      Require(st.ok(), "cannot create a codec");
+    }
+    return all;
+  }();
+  return *codecs[id % codecs.size()];
+}
+
+// Decompresses into a buffer followed by a guard zone and checks the zone.
+bool Decompress(const insitu::Codec& codec, const uint8_t* src, size_t n, size_t out_len,
+                std::vector<uint8_t>* out) {
+  out->assign(out_len + kGuard, kGuardByte);
+  const bool ok = codec.Decompress(src, n, out->data(), out_len).ok();
+  for (size_t i = out_len; i < out->size(); ++i) {
+    Require((*out)[i] == kGuardByte, "decompressor wrote past the end of its output");
+  }
+  out->resize(out_len);
+  return ok;
+}
+
+// What decompressed must compress and decompress back to itself.
+void CheckRoundTrip(const insitu::Codec& codec, const std::vector<uint8_t>& text) {
+  std::vector<uint8_t> comp(text.size());
+  const size_t len = codec.Compress(text.data(), text.size(), comp.data(), comp.size());
+  if (len == 0) return;  // incompressible: the volume would store it raw
+  Require(len <= comp.size(), "compressor overran its output");
+  std::vector<uint8_t> back;
+  Require(Decompress(codec, comp.data(), len, text.size(), &back),
+          "own output does not decompress");
+  Require(back == text, "round trip changes the data");
+}
+
+// Seals comp_len compressed bytes as the volume writes them, opens the
+// payload as a read does, and decompresses it.
+bool SealOpenDecompress(const insitu::Codec& codec, const uint8_t* comp, uint32_t comp_len,
+                        uint16_t nblocks, std::vector<uint8_t>* out) {
+  const uint32_t sectors = insitu::format::PayloadSectors(comp_len);
+  std::vector<uint8_t> payload(size_t{sectors} * kSectorSize);
+  std::memcpy(payload.data(), comp, comp_len);
+  const insitu::PayloadIdentity id{kHeadBlock, nblocks, codec.id()};
+  insitu::SealPayload(payload.data(), comp_len, sectors, id, 1);
+  PayloadTrailer trailer;
+  Require(insitu::OpenPayload(payload.data(), sectors, id, &trailer).ok(),
+          "a sealed payload does not open");
+  Require(trailer.comp_len == comp_len, "trailer length differs from the sealed one");
+  return Decompress(codec, payload.data(), comp_len, size_t{nblocks} * kBlockSize, out);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 3) return 0;
+  const insitu::Codec& codec = GetCodec(data[0]);
+  const uint8_t mode = data[1] & 3;
+  const uint16_t nblocks = static_cast<uint16_t>(1 + data[2] % insitu::format::kMaxExtentBlocks);
+  const size_t extent_bytes = size_t{nblocks} * kBlockSize;
+  // A compressed payload is always shorter than its extent.
+  const size_t max_comp = extent_bytes - sizeof(PayloadTrailer);
+  data += 3;
+  size -= 3;
+  std::vector<uint8_t> out;
+
+  if (mode == 0) {
+    const uint32_t sectors = static_cast<uint32_t>((size + kSectorSize - 1) / kSectorSize);
+    if (sectors == 0 || sectors > nblocks * insitu::format::kSectorsPerBlock) return 0;
+    std::vector<uint8_t> payload(size_t{sectors} * kSectorSize);
+    std::memcpy(payload.data(), data, size);
+    PayloadTrailer trailer;
+    if (!insitu::OpenPayload(payload.data(), sectors, {kHeadBlock, nblocks, codec.id()}, &trailer)
+             .ok()) {
+      return 0;
+    }
+    Require(trailer.comp_len <= payload.size() - sizeof(trailer), "trailer length past payload");
+    if (Decompress(codec, payload.data(), trailer.comp_len, extent_bytes, &out)) {
+      CheckRoundTrip(codec, out);
+    }
+  } else if (mode == 1) {
+    if (size > max_comp) return 0;
+    if (SealOpenDecompress(codec, data, static_cast<uint32_t>(size), nblocks, &out)) {
+      CheckRoundTrip(codec, out);
+    }
+  } else {
+    if (size < 4) return 0;
+    const size_t position = data[0] | (data[1] << 8);
+    const uint8_t flip = data[2];
+    const size_t cut = data[3] % 8;
+    std::vector<uint8_t> text(extent_bytes);
+    std::memcpy(text.data(), data + 4, size - 4 < extent_bytes ? size - 4 : extent_bytes);
+    std::vector<uint8_t> comp(max_comp);
+    size_t len = codec.Compress(text.data(), text.size(), comp.data(), comp.size());
+    if (len == 0 || len <= cut) return 0;
+    comp[position % len] ^= flip;
+    len -= cut;
+    const bool ok =
+        SealOpenDecompress(codec, comp.data(), static_cast<uint32_t>(len), nblocks, &out);
+    if (flip == 0 && cut == 0) {
+      Require(ok && out == text, "an undamaged stream does not decompress to its text");
+    }
+  }
+  return 0;
+}
