@@ -1,8 +1,10 @@
 #!/bin/bash
 # One command from a fresh machine to a tested tree: installs what is
-# missing, builds, runs every test (unit, model and integration), then
-# builds again with AddressSanitizer + UndefinedBehaviorSanitizer and runs
-# the unit and model tests under them.  Prints a summary; exits 1 if any
+# missing, builds, runs every test (unit, model, crash replay and
+# integration), then builds again with AddressSanitizer +
+# UndefinedBehaviorSanitizer and runs the unit tests under them, with
+# ThreadSanitizer for the threaded paths (NBD server, concurrent volume
+# I/O, commits), and runs each libFuzzer target for a short while.  Prints a summary; exits 1 if any
 # step failed.  Some integration tests need root (losetup, mount) and
 # /dev/fuse.
 set -uo pipefail
@@ -51,6 +53,22 @@ if step "build (asan+ubsan)" scripts/build.sh asan; then
     ctest --test-dir build-asan -L unit --output-on-failure -j "$jobs"
 else
   skip "unit and model tests (asan+ubsan)"
+fi
+
+# The threaded paths under ThreadSanitizer: the NBD server, concurrent
+# writers and readers of one volume, commits racing writes.
+if step "build (tsan)" scripts/build.sh tsan; then
+  step "threaded tests (tsan)" ctest --test-dir build-tsan -L unit --output-on-failure \
+    -R 'NbdServer|Concurrent|ExtentLock|LogWrites|AnArmedFault'
+else
+  skip "threaded tests (tsan)"
+fi
+
+# Fuzzing: every target replays its known crashers, then fuzzes briefly.
+if step "build (fuzz)" scripts/build.sh fuzz; then
+  step "fuzz targets (${INSITU_FUZZ_SECONDS:-15} s each)" fuzz/run.sh build-fuzz "${INSITU_FUZZ_SECONDS:-15}"
+else
+  skip "fuzz targets"
 fi
 
 echo
