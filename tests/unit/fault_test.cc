@@ -346,21 +346,28 @@ TEST_P(FaultVolume, FailedFlushIsReportedAndNothingFlushedBeforeIsLost) {
 // Write-back mode writes metadata at FLUSH: a metadata write that fails
 // fails the flush.  Whatever a later flush reports durable is, even
 // without a clean close.
-TEST_P(FaultVolume, FailedMetadataWriteFailsTheFlush) {
-  if (GetParam() != format::MetaMode::kWriteBack) GTEST_SKIP() << "write-back only";
+// A commit that fails (a metadata page write in write-back mode, the flush
+// before the page writes in write-through mode, where every write commits)
+// is reported to the caller, and the volume recovers at the next open.
+TEST_P(FaultVolume, FailedCommitIsReportedAndRecovered) {
   Populate();
   ASSERT_FALSE(HasFatalFailure());
-  ASSERT_TRUE(Try(10 * kSlot, Data(DataKind::kText, kSlot)).ok());
-  fault_->FailNth(FaultOp::kWrite, 1, EIO);
-  EXPECT_EQ(vol_->Flush().err(), EIO);
-  if (vol_->Flush().ok()) Settle(10 * kSlot, kSlot);
+  if (GetParam() == format::MetaMode::kWriteBack) {
+    ASSERT_TRUE(Try(10 * kSlot, Data(DataKind::kText, kSlot)).ok());
+    fault_->FailNth(FaultOp::kWrite, 1, EIO);  // the first page write of the commit
+    EXPECT_EQ(vol_->Flush().err(), EIO);
+    if (vol_->Flush().ok()) Settle(10 * kSlot, kSlot);
+  } else {
+    fault_->FailNth(FaultOp::kFlush, 1, EIO);  // the commit's data flush
+    EXPECT_EQ(Try(10 * kSlot, Data(DataKind::kText, kSlot)).err(), EIO);
+  }
   // The device as it is while the volume is open: no clean close.
   const std::vector<uint8_t> open_state = mem_->contents();
   vol_.reset();
   mem_->contents() = open_state;
   Open(false);
   ASSERT_TRUE(vol_->was_unclean());
-  ExpectContents("after the retried flush");
+  ExpectContents("after the failed commit");
 }
 
 TEST_P(FaultVolume, FailedReadsReturnErrorsNeverGarbage) {
