@@ -58,6 +58,7 @@ fi
 # The threaded paths under ThreadSanitizer: the NBD server, concurrent
 # writers and readers of one volume, commits racing writes.
 if step "build (tsan)" scripts/build.sh tsan; then
+  export TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1"
   step "threaded tests (tsan)" ctest --test-dir build-tsan -L unit --output-on-failure \
     -R 'NbdServer|Concurrent|ExtentLock|LogWrites|AnArmedFault'
 else
