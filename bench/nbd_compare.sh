@@ -46,8 +46,9 @@ stop_server() {
 run_fio() {  # rw -> prints IOPS
   taskset -c 0 fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" --rw="$1" --bs=4k \
     --iodepth=16 --size=512M --time_based --runtime="$SECS" --buffer_compress_percentage=60 \
-    --refill_buffers --randrepeat=1 --output-format=json |
-    /usr/bin/python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["write"]["iops"]+j["read"]["iops"]))'
+    --refill_buffers --randrepeat=1 --output-format=json --output="$WORK/fio.json" >/dev/null
+  # fio's nbd engine prints a line before the JSON, so read the file.
+  /usr/bin/python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(int(j["write"]["iops"]+j["read"]["iops"]))' "$WORK/fio.json"
 }
 
 declare -A RES

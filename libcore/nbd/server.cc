@@ -923,8 +923,10 @@ void NbdServer::Impl::WorkerLoop() {
 }
 
 Status NbdServer::Impl::StartWorkers() {
+  // Workers block on backing I/O as well as compress, so more of them than
+  // CPUs keep both the CPUs and the device busy.
   const unsigned n =
-      opts.threads > 0 ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
+      opts.threads > 0 ? opts.threads : std::max(16u, 4 * std::thread::hardware_concurrency());
   try {
     for (unsigned i = 0; i < n; i++) workers.emplace_back([this] { WorkerLoop(); });
   } catch (const std::system_error& e) {

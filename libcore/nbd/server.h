@@ -77,7 +77,7 @@ struct NbdServerOptions {
   std::string export_name;
   std::string description;                    // shown by `nbdinfo` and in NBD_OPT_LIST
   bool read_only = false;                     // advertise READ_ONLY; writes get EPERM
-  unsigned threads = 0;                       // worker threads; 0 = one per CPU
+  unsigned threads = 0;                       // worker threads; 0 = max(16, 4 per CPU)
   uint64_t max_inflight_bytes = 64ull << 20;  // per connection
   unsigned max_connections = 1024;            // more are closed at once
   // Receives one line per noteworthy event (a client broke the protocol, a
