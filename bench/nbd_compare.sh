@@ -6,6 +6,8 @@
 #
 #   bench/nbd_compare.sh BUILD_DIR [CODEC] [ROUNDS] [SECONDS]
 #
+# INSITU_FORMAT_OPTS adds options to `insitu format` (e.g. --extent-max 4K).
+#
 # The full benchmark harness (more peers, workloads, plots) is separate.
 set -euo pipefail
 BUILD=$(cd "${1:?usage: $0 BUILD_DIR [CODEC] [ROUNDS] [SECONDS]}" && pwd)
@@ -23,7 +25,8 @@ trap cleanup EXIT
 
 SIZE=1G
 truncate -s "$SIZE" "$WORK/raw.img"
-"$BUILD/insitu" format -q --size "$SIZE" --compress "$CODEC" "$WORK/vol.img"
+# shellcheck disable=SC2086  # word splitting of the extra options is wanted
+"$BUILD/insitu" format -q --size "$SIZE" --compress "$CODEC" ${INSITU_FORMAT_OPTS:-} "$WORK/vol.img"
 
 start_server() {  # kind -> sets SOCK
   SOCK="$WORK/$1.sock"
