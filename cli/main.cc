@@ -14,6 +14,7 @@
 
 #include "cli/commands.h"
 #include "cli/util.h"
+#include "fsck/check_cmd.h"
 
 namespace insitu::cli {
 namespace {
@@ -92,13 +93,21 @@ Exit status: 0 success, 1 error, 2 invalid command line.)");
       "status", "Show live counters of a running insitud through its control socket");
   AddStatusOptions(status_cmd, &status);
 
+  CheckArgs check;
+  CLI::App* check_cmd = app.add_subcommand("check", kCheckSummary);
+  AddCheckOptions(check_cmd, &check);
+
   // The subcommand is checked here rather than with CLI11's
   // require_subcommand(), which would answer a mistyped command with "A
   // subcommand is required" instead of naming the word it did not know.
-  if (const int rc = Parse(app, argc, argv); rc >= 0) return rc;
+  if (const int rc = Parse(app, argc, argv); rc >= 0) {
+    // `insitu check` follows fsck(8): usage errors exit 16.
+    return rc != kExitOk && check_cmd->parsed() ? kFsckUsage : rc;
+  }
   if (format_cmd->parsed()) return RunFormat("insitu format", format);
   if (dump_cmd->parsed()) return RunDump("insitu dump", dump);
   if (status_cmd->parsed()) return RunStatus("insitu status", status);
+  if (check_cmd->parsed()) return RunCheck("insitu check", check);
   PrintError("insitu", "no command given; run 'insitu --help' to see the commands");
   return kExitUsage;
 }
@@ -110,8 +119,10 @@ int main(int argc, char** argv) {
   // Only a failed allocation (or a bug) can throw past the commands, which
   // report their errors as Status; say so plainly instead of aborting.
   try {
-    const bool mkfs = argc > 0 && std::filesystem::path(argv[0]).filename() == "mkfs.insitu";
-    return mkfs ? insitu::cli::MkfsMain(argc, argv) : insitu::cli::InsituMain(argc, argv);
+    const std::string name = argc > 0 ? std::filesystem::path(argv[0]).filename().string() : "";
+    if (name == "fsck.insitu") return insitu::cli::FsckMain(argc, argv);
+    if (name == "mkfs.insitu") return insitu::cli::MkfsMain(argc, argv);
+    return insitu::cli::InsituMain(argc, argv);
   } catch (const std::exception& e) {
     std::cerr << "insitu: internal error: " << e.what() << "\n";
     return insitu::cli::kExitError;

@@ -292,7 +292,8 @@ int Main(int argc, char** argv) {
   app.add_flag("-r,--readonly", args.read_only, "Open the volume read-only; writes get EPERM");
   app.add_option("-c,--control", args.control,
                  "Unix socket (mode 0600) answering \"status\" with live counters as JSON");
-  app.add_option("-t,--threads", args.threads, "Worker threads; 0 means 16, or 4 per CPU if that is more")
+  app.add_option("-t,--threads", args.threads,
+                 "Worker threads; 0 means 16, or 4 per CPU if that is more")
       ->default_val(0)
       ->check(CLI::Range(0, 1024));
   app.add_option("--pidfile", args.pidfile, "Write the daemon's process id to this file");

@@ -45,7 +45,8 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
     uint32_t left = e.sectors;
     for (uint32_t k = i; k < j; ++k) {
       const uint32_t expect = std::min(left, format::kSectorsPerBlock);
-      if ((entries[k] & kMetaLengthMask) != expect) return Bad(k, "payload length not charged in order");
+      if ((entries[k] & kMetaLengthMask) != expect)
+        return Bad(k, "payload length not charged in order");
       left -= expect;
     }
     out->push_back(e);

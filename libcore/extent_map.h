@@ -20,7 +20,7 @@
 namespace insitu {
 
 struct SlotExtent {
-  uint32_t first = 0;    // block index within the slot
+  uint32_t first = 0;  // block index within the slot
   uint32_t nblocks = 0;
   uint32_t sectors = 0;  // payload sectors; 0 for an unwritten or bad block
   bool bad = false;      // data lost; reads fail until the block is rewritten

@@ -66,41 +66,41 @@ enum class MetaMode : uint8_t {
 };
 
 struct Superblock {
-  uint64_t magic;             // kSuperMagic
-  uint32_t version;           // kSuperVersion
-  uint32_t header_bytes;      // sizeof(Superblock); the CRC covers this many
-  uint32_t compat;            // feature flags, see above
+  uint64_t magic;         // kSuperMagic
+  uint32_t version;       // kSuperVersion
+  uint32_t header_bytes;  // sizeof(Superblock); the CRC covers this many
+  uint32_t compat;        // feature flags, see above
   uint32_t ro_compat;
   uint32_t incompat;
-  uint32_t block_size;        // kBlockSize
-  uint8_t uuid[16];           // random at format time
-  uint8_t codec;              // CodecId
-  int8_t codec_level;         // 0 = codec default
-  uint8_t meta_mode;          // MetaMode
+  uint32_t block_size;  // kBlockSize
+  uint8_t uuid[16];     // random at format time
+  uint8_t codec;        // CodecId
+  int8_t codec_level;   // 0 = codec default
+  uint8_t meta_mode;    // MetaMode
   uint8_t reserved0;
-  uint32_t meta_interval_s;   // write-back period in seconds
-  uint32_t extent_max_blocks; // 1..kMaxExtentBlocks, a power of two
-  uint32_t state;             // VolumeState
-  uint64_t device_bytes;      // size of the device when formatted
-  uint64_t data_blocks;       // logical size / kBlockSize
+  uint32_t meta_interval_s;    // write-back period in seconds
+  uint32_t extent_max_blocks;  // 1..kMaxExtentBlocks, a power of two
+  uint32_t state;              // VolumeState
+  uint64_t device_bytes;       // size of the device when formatted
+  uint64_t data_blocks;        // logical size / kBlockSize
   uint64_t meta_offset;
-  uint64_t meta_pages;        // logical pages; 2*meta_pages slots on disk
+  uint64_t meta_pages;  // logical pages; 2*meta_pages slots on disk
   uint64_t data_offset;
   uint64_t backup_offset;
-  uint64_t next_write_seq;    // payload sequence numbers below this are used
-  uint64_t format_time;       // unix seconds
-  uint64_t write_time;        // unix seconds of the last superblock write
-  uint64_t open_count;        // read-write opens since format
-  uint64_t unclean_count;     // opens that found state == kDirty
+  uint64_t next_write_seq;  // payload sequence numbers below this are used
+  uint64_t format_time;     // unix seconds
+  uint64_t write_time;      // unix seconds of the last superblock write
+  uint64_t open_count;      // read-write opens since format
+  uint64_t unclean_count;   // opens that found state == kDirty
   // Lifetime counters, saved at every superblock write.
   uint64_t logical_bytes_written;
   uint64_t payload_bytes_written;
   uint64_t meta_bytes_written;
   uint64_t journal_offset;
-  uint64_t journal_bytes;     // header slots + ring
+  uint64_t journal_bytes;  // header slots + ring
   uint8_t reserved1[152];
   uint32_t reserved2;
-  uint32_t crc;               // CRC-32C of the first header_bytes with crc = 0
+  uint32_t crc;  // CRC-32C of the first header_bytes with crc = 0
 };
 static_assert(sizeof(Superblock) == 352, "superblock layout changed");
 
@@ -127,12 +127,12 @@ inline constexpr uint8_t kMetaBadBlock = 0x0f;
 // a slot that is entirely zero is a never-written page (every block
 // unwritten) with sequence 0.
 struct MetaPageHeader {
-  uint32_t magic;       // kMetaMagic
-  uint16_t version;     // kMetaVersion
+  uint32_t magic;    // kMetaMagic
+  uint16_t version;  // kMetaVersion
   uint16_t header_bytes;
   uint64_t page_index;
-  uint64_t sequence;    // increases by one with every write of this page
-  uint32_t crc;         // CRC-32C of the whole 4 KiB slot with crc = 0
+  uint64_t sequence;  // increases by one with every write of this page
+  uint32_t crc;       // CRC-32C of the whole 4 KiB slot with crc = 0
   uint32_t reserved;
 };
 static_assert(sizeof(MetaPageHeader) == 32, "meta header layout changed");
@@ -164,8 +164,7 @@ static_assert(sizeof(PayloadTrailer) == 32, "trailer layout changed");
 
 // Sectors a compressed payload of comp_len bytes occupies.
 constexpr uint32_t PayloadSectors(uint32_t comp_len) {
-  return (comp_len + static_cast<uint32_t>(sizeof(PayloadTrailer)) + kSectorSize - 1) /
-         kSectorSize;
+  return (comp_len + static_cast<uint32_t>(sizeof(PayloadTrailer)) + kSectorSize - 1) / kSectorSize;
 }
 
 // ---- undo journal --------------------------------------------------------
@@ -198,17 +197,17 @@ static_assert(sizeof(JournalHeader) == 32, "journal header layout changed");
 // and is followed by data_sectors sectors of saved bytes.  Records are
 // sector aligned in the ring and never wrap around its end.
 struct UndoRecord {
-  uint32_t magic;        // kUndoMagic
-  uint16_t version;      // kJournalVersion
-  uint16_t header_bytes; // sizeof(UndoRecord)
-  uint64_t record_seq;   // from the volume-wide write sequence
-  uint64_t page;         // the metadata page whose on-disk copy refers to the bytes
-  uint64_t page_seq[2];  // applies while that page's on-disk sequence is one of these
-  uint64_t data_offset;  // device byte offset the saved bytes came from
+  uint32_t magic;         // kUndoMagic
+  uint16_t version;       // kJournalVersion
+  uint16_t header_bytes;  // sizeof(UndoRecord)
+  uint64_t record_seq;    // from the volume-wide write sequence
+  uint64_t page;          // the metadata page whose on-disk copy refers to the bytes
+  uint64_t page_seq[2];   // applies while that page's on-disk sequence is one of these
+  uint64_t data_offset;   // device byte offset the saved bytes came from
   uint32_t data_sectors;
-  uint32_t data_crc;     // CRC-32C of the saved bytes
+  uint32_t data_crc;  // CRC-32C of the saved bytes
   uint32_t reserved;
-  uint32_t crc;          // CRC-32C of this struct with crc = 0
+  uint32_t crc;  // CRC-32C of this struct with crc = 0
 };
 static_assert(sizeof(UndoRecord) == 64, "undo record layout changed");
 

@@ -63,7 +63,7 @@ MetaBitmap::MetaBitmap(BlockDevice* dev, const format::Superblock& sb)
   for (auto& p : pages_) p = std::make_unique<Page>();
 }
 
-uint8_t MetaBitmap::GetBits(const uint8_t* bits, uint32_t index) {
+uint8_t GetMetaEntry(const uint8_t* bits, uint32_t index) {
   const uint32_t bit = index * kMetaBitsPerBlock;
   // An entry may straddle two bytes; none straddles the end of the bitmap
   // because kBlocksPerMetaPage * 5 is a multiple of 8.
@@ -73,7 +73,7 @@ uint8_t MetaBitmap::GetBits(const uint8_t* bits, uint32_t index) {
   return static_cast<uint8_t>((v >> shift) & 0x1f);
 }
 
-void MetaBitmap::SetBits(uint8_t* bits, uint32_t index, uint8_t value) {
+void SetMetaEntry(uint8_t* bits, uint32_t index, uint8_t value) {
   const uint32_t bit = index * kMetaBitsPerBlock;
   const uint32_t byte = bit / 8, shift = bit % 8;
   const uint32_t mask = 0x1fu << shift;
@@ -86,7 +86,7 @@ void MetaBitmap::SetBits(uint8_t* bits, uint32_t index, uint8_t value) {
 
 uint8_t MetaBitmap::Get(uint64_t block) const {
   const Page& p = *pages_[block / kBlocksPerMetaPage];
-  return GetBits(p.bits.data(), static_cast<uint32_t>(block % kBlocksPerMetaPage));
+  return GetMetaEntry(p.bits.data(), static_cast<uint32_t>(block % kBlocksPerMetaPage));
 }
 
 void MetaBitmap::GetRange(uint64_t first, uint32_t n, uint8_t* entries) const {
@@ -125,11 +125,12 @@ void MetaBitmap::FillViewsLocked(const Page& p, uint64_t first, uint32_t n,
   views->page = PageOf(first);
   views->durable_seq = p.sequence;
   const uint8_t* durable = p.durable ? p.durable->data() : p.bits.data();
-  for (uint32_t i = 0; i < n; ++i) views->durable[i] = GetBits(durable, index + i);
+  for (uint32_t i = 0; i < n; ++i) views->durable[i] = GetMetaEntry(durable, index + i);
   views->has_committing = p.committing != nullptr;
   if (views->has_committing) {
     views->committing_seq = p.sequence + 1;
-    for (uint32_t i = 0; i < n; ++i) views->committing[i] = GetBits(p.committing->data(), index + i);
+    for (uint32_t i = 0; i < n; ++i)
+      views->committing[i] = GetMetaEntry(p.committing->data(), index + i);
   }
 }
 
@@ -144,7 +145,7 @@ void MetaBitmap::Unpin(uint64_t first, uint32_t n, const uint8_t* entries) {
   const auto index = static_cast<uint32_t>(first % kBlocksPerMetaPage);
   std::lock_guard<std::mutex> lock(p.mu);
   if (entries != nullptr) {
-    for (uint32_t i = 0; i < n; ++i) SetBits(p.bits.data(), index + i, entries[i]);
+    for (uint32_t i = 0; i < n; ++i) SetMetaEntry(p.bits.data(), index + i, entries[i]);
   }
   MarkDirtyLocked(p);  // a commit may have snapshot the page since Pin()
   if (--p.pinned == 0) p.cv.notify_all();
@@ -227,9 +228,9 @@ Status MetaBitmap::Load(const std::function<void(const std::string&)>& note) {
       for (int s = 0; s < 2; ++s) {
         st[s] = DecodeMetaPage(chunk.data() + (i * 2 + s) * kBlockSize, page, &seq[s], bits[s]);
         if (st[s].ok() && seq[s] != 0 && (seq[s] & 1) != static_cast<uint64_t>(s)) {
-          st[s] = Status::Corruption("metadata page " + std::to_string(page) + " slot " +
-                                     std::to_string(s) + " holds sequence " +
-                                     std::to_string(seq[s]));
+          st[s] =
+              Status::Corruption("metadata page " + std::to_string(page) + " slot " +
+                                 std::to_string(s) + " holds sequence " + std::to_string(seq[s]));
         }
       }
       int pick;
@@ -250,7 +251,8 @@ Status MetaBitmap::Load(const std::function<void(const std::string&)>& note) {
       // Blocks past the end of the volume must read as unwritten.
       const uint64_t first_block = page * kBlocksPerMetaPage;
       for (uint64_t b = first_block; b < first_block + kBlocksPerMetaPage; ++b) {
-        if (b >= data_blocks_ && GetBits(p.bits.data(), static_cast<uint32_t>(b - first_block)) != 0) {
+        if (b >= data_blocks_ &&
+            GetMetaEntry(p.bits.data(), static_cast<uint32_t>(b - first_block)) != 0) {
           return Status::Corruption("metadata page " + std::to_string(page) +
                                     " describes blocks past the end of the volume");
         }

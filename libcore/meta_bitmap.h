@@ -104,8 +104,6 @@ class MetaBitmap {
   };
 
   void FillViewsLocked(const Page& p, uint64_t first, uint32_t n, SlotViews* views) const;
-  static uint8_t GetBits(const uint8_t* bits, uint32_t index);
-  static void SetBits(uint8_t* bits, uint32_t index, uint8_t value);
   uint64_t SlotOffset(uint64_t page, uint64_t sequence) const;
   void MarkDirtyLocked(Page& p);
 
@@ -116,6 +114,11 @@ class MetaBitmap {
   std::atomic<uint64_t> dirty_pages_{0};
   std::atomic<uint64_t> bytes_written_{0};
 };
+
+// Entry `index` of a page's packed bitmap (format.md, "Entries": 5 bits,
+// little-endian bit order, possibly straddling two bytes).
+uint8_t GetMetaEntry(const uint8_t* bits, uint32_t index);
+void SetMetaEntry(uint8_t* bits, uint32_t index, uint8_t value);
 
 // Encodes a metadata page slot (header + bitmap) into a 4 KiB block.
 void EncodeMetaPage(uint64_t page, uint64_t sequence, const uint8_t* bits, uint8_t* block);

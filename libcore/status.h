@@ -30,7 +30,9 @@ class Status {
   static Status IOError(std::string msg, int err = EIO) {
     return Status(err == ENOSPC ? Code::kNoSpace : Code::kIOError, err, std::move(msg));
   }
-  static Status Corruption(std::string msg) { return Status(Code::kCorruption, EIO, std::move(msg)); }
+  static Status Corruption(std::string msg) {
+    return Status(Code::kCorruption, EIO, std::move(msg));
+  }
   static Status InvalidArgument(std::string msg) {
     return Status(Code::kInvalidArgument, EINVAL, std::move(msg));
   }
@@ -66,10 +68,10 @@ class Status {
   std::string msg_;
 };
 
-#define INSITU_RETURN_IF_ERROR(expr)        \
-  do {                                      \
-    ::insitu::Status _st = (expr);          \
-    if (!_st.ok()) return _st;              \
+#define INSITU_RETURN_IF_ERROR(expr) \
+  do {                               \
+    ::insitu::Status _st = (expr);   \
+    if (!_st.ok()) return _st;       \
   } while (0)
 
 }  // namespace insitu

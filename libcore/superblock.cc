@@ -79,7 +79,8 @@ void EncodeSuperblock(const Superblock& sb, uint8_t* block) {
 Status DecodeSuperblock(const uint8_t* block, uint64_t device_size, Superblock* out) {
   Superblock sb;
   std::memcpy(&sb, block, sizeof(sb));
-  if (sb.magic != format::kSuperMagic) return Status::Corruption("no insitu superblock (bad magic)");
+  if (sb.magic != format::kSuperMagic)
+    return Status::Corruption("no insitu superblock (bad magic)");
   // The CRC is checked before any field is believed: a flipped bit in the
   // version must read as damage, not as a volume from the future.
   const bool crc_ok = sb.header_bytes == sizeof(Superblock) && sb.crc == SuperCrc(sb);

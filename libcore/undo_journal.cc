@@ -124,8 +124,7 @@ void UndoJournal::CommitFinished(uint64_t token) {
   live_from_ = std::max(live_from_, token);
 }
 
-Status UndoJournal::Recover(const std::function<uint64_t(uint64_t)>& page_seq,
-                            uint64_t* applied) {
+Status UndoJournal::Recover(const std::function<uint64_t(uint64_t)>& page_seq, uint64_t* applied) {
   *applied = 0;
   AlignedBuffer headers(header_bytes_);
   INSITU_RETURN_IF_ERROR(
@@ -144,9 +143,8 @@ Status UndoJournal::Recover(const std::function<uint64_t(uint64_t)>& page_seq,
   if (!any_header) return Status::Corruption("both journal header slots are damaged");
 
   AlignedBuffer ring(ring_bytes_);
-  INSITU_RETURN_IF_ERROR(
-      dev_->Read(journal_offset_ + header_bytes_, ring.data(), ring_bytes_)
-          .Annotate("reading journal"));
+  INSITU_RETURN_IF_ERROR(dev_->Read(journal_offset_ + header_bytes_, ring.data(), ring_bytes_)
+                             .Annotate("reading journal"));
   struct Found {
     uint64_t record_seq;
     uint64_t pos;
@@ -187,6 +185,16 @@ Status UndoJournal::Recover(const std::function<uint64_t(uint64_t)>& page_seq,
 }
 
 Status UndoJournal::Reset(uint64_t min_record_seq) {
+  // The new header must outrank both slots, whatever an earlier open left.
+  AlignedBuffer headers(header_bytes_);
+  INSITU_RETURN_IF_ERROR(
+      dev_->Read(journal_offset_, headers.data(), header_bytes_).Annotate("reading journal"));
+  for (uint32_t s = 0; s < format::kJournalHeaderSlots; ++s) {
+    uint64_t seq, min_seq;
+    if (DecodeJournalHeader(headers.data() + s * kBlockSize, &seq, &min_seq).ok()) {
+      header_seq_ = std::max(header_seq_, seq);
+    }
+  }
   AlignedBuffer block(kBlockSize);
   const uint64_t seq = ++header_seq_;
   EncodeJournalHeader(seq, min_record_seq, block.data());

@@ -15,10 +15,10 @@
 // a mutex; the record writes themselves run concurrently.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
-#include <atomic>
 #include <string>
 
 #include "libcore/block_device.h"

@@ -65,8 +65,8 @@ Status InsituVolume::Impl::ReadSlot(uint64_t slot_first, std::vector<SlotExtent>
       .Annotate("slot at block " + std::to_string(slot_first));
 }
 
-Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExtent& e,
-                                            uint64_t from, uint64_t to, uint8_t* out) {
+Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExtent& e, uint64_t from,
+                                            uint64_t to, uint8_t* out) {
   const uint64_t head = slot_first + e.first;
   const size_t bytes = (to - from) * kBlockSize;
   if (e.bad) {
@@ -93,8 +93,9 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
     if (st.ok()) {
       const bool whole = from == head && to == head + e.nblocks;
       uint8_t* dst = whole ? out : scratch.extent.data();
-      st = codec->Decompress(scratch.payload.data(), trailer.comp_len, dst,
-                             size_t{e.nblocks} * kBlockSize)
+      st = codec
+               ->Decompress(scratch.payload.data(), trailer.comp_len, dst,
+                            size_t{e.nblocks} * kBlockSize)
                .Annotate("extent at block " + std::to_string(head));
       if (st.ok() && !whole) std::memcpy(out, dst + (from - head) * kBlockSize, bytes);
     }
@@ -185,12 +186,12 @@ Status InsituVolume::Open(std::unique_ptr<BlockDevice> dev, const OpenOptions& o
     }
   }
   if (!opts.read_only && (sb.ro_compat & ~format::kRoCompatKnown)) {
-    return Status::NotSupported("volume uses unknown read-only-compatible features; open it "
-                                "read-only");
+    return Status::NotSupported(
+        "volume uses unknown read-only-compatible features; open it "
+        "read-only");
   }
   std::unique_ptr<Codec> codec;
-  INSITU_RETURN_IF_ERROR(
-      Codec::Create({static_cast<CodecId>(sb.codec), sb.codec_level}, &codec));
+  INSITU_RETURN_IF_ERROR(Codec::Create({static_cast<CodecId>(sb.codec), sb.codec_level}, &codec));
 
   auto impl = std::make_unique<Impl>(std::move(dev), sb, std::move(codec), opts);
   Impl& v = *impl;
@@ -428,7 +429,7 @@ void InsituVolume::ForEachExtent(const std::function<void(const ExtentInfo&)>& f
       }
       emit_pending();
       fn(ExtentInfo{slot + e.first, e.nblocks, e.sectors,
-                    e.bad   ? ExtentInfo::Kind::kBad
+                    e.bad     ? ExtentInfo::Kind::kBad
                     : e.raw() ? ExtentInfo::Kind::kRaw
                               : ExtentInfo::Kind::kCompressed});
     }

@@ -65,8 +65,9 @@ void InsituVolume::Impl::Fail(const Status& why) {
 
 void InsituVolume::Impl::FailLocked(const Status& why) {
   if (failed) return;
-  failure = why.Annotate("the volume accepts no more writes until it is reopened (recovery "
-                         "runs then)");
+  failure = why.Annotate(
+      "the volume accepts no more writes until it is reopened (recovery "
+      "runs then)");
   failed = true;
   Log("insitu: " + failure.ToString());
 }

@@ -22,8 +22,8 @@ namespace insitu {
 
 class InsituVolume::Impl {
  public:
-  Impl(std::unique_ptr<BlockDevice> dev, const format::Superblock& sb,
-       std::unique_ptr<Codec> codec, const OpenOptions& opts);
+  Impl(std::unique_ptr<BlockDevice> dev, const format::Superblock& sb, std::unique_ptr<Codec> codec,
+       const OpenOptions& opts);
 
   // Lock units are always kMaxExtentBlocks blocks: a unit's 5-bit entries
   // fill whole bytes (32 * 5 bits = 20 bytes), so holders of different units

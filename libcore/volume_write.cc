@@ -33,8 +33,8 @@ namespace insitu {
 
 using format::kBlockSize;
 using format::kMaxExtentBlocks;
-using format::kSectorsPerBlock;
 using format::kSectorSize;
+using format::kSectorsPerBlock;
 
 namespace {
 
@@ -83,7 +83,7 @@ SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
 
 // One new extent of the merged range.
 struct NewExtent {
-  uint32_t first;    // slot-relative block
+  uint32_t first;  // slot-relative block
   uint32_t nblocks;
   uint32_t sectors;  // payload sectors (8 * nblocks when raw)
   const uint8_t* bytes;
@@ -156,7 +156,8 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
 Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents) {
   for (const NewExtent& e : extents) {
     const uint64_t head = slot_first_ + e.first;
-    Status st = v_.dev->Write(v_.BlockOffset(head), e.bytes, size_t{e.sectors} * kSectorSize, false);
+    Status st =
+        v_.dev->Write(v_.BlockOffset(head), e.bytes, size_t{e.sectors} * kSectorSize, false);
     if (!st.ok()) return st.Annotate("writing extent at block " + std::to_string(head));
     v_.payload_written.fetch_add(uint64_t{e.sectors} * kSectorSize);
   }
@@ -184,8 +185,8 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   // The new contents of [m0, m1).  A block-aligned write covering whole
   // extents is compressed straight from the caller's buffer.
   WriteScratch& scratch = GetWriteScratch();
-  const bool direct = src != nullptr && lo % kBlockSize == 0 && hi % kBlockSize == 0 &&
-                      m0 == b_lo && m1 == b_hi;
+  const bool direct =
+      src != nullptr && lo % kBlockSize == 0 && hi % kBlockSize == 0 && m0 == b_lo && m1 == b_hi;
   const uint8_t* data;
   if (direct) {
     data = src;
@@ -203,8 +204,8 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
 
   // New extents: maximal runs of non-zero blocks, compressed.
   auto is_zero = [&](uint32_t b) {
-    const bool fully_zeroed = src == nullptr && uint64_t{b} * kBlockSize >= lo &&
-                              uint64_t{b + 1} * kBlockSize <= hi;
+    const bool fully_zeroed =
+        src == nullptr && uint64_t{b} * kBlockSize >= lo && uint64_t{b + 1} * kBlockSize <= hi;
     return fully_zeroed || IsZeroBlock(data + size_t{b - m0} * kBlockSize);
   };
   std::vector<NewExtent> extents;

@@ -326,9 +326,7 @@ TEST_P(FaultVolume, FailedWriteInsideASharedExtentKeepsItsNeighbours) {
   FailInsideSharedExtent(EIO);
 }
 
-TEST_P(FaultVolume, EnospcInsideASharedExtentKeepsItsNeighbours) {
-  FailInsideSharedExtent(ENOSPC);
-}
+TEST_P(FaultVolume, EnospcInsideASharedExtentKeepsItsNeighbours) { FailInsideSharedExtent(ENOSPC); }
 
 TEST_P(FaultVolume, FailedFlushIsReportedAndNothingFlushedBeforeIsLost) {
   Populate();

@@ -54,8 +54,8 @@ class ModelTest : public ::testing::TestWithParam<ModelConfig> {};
 TEST_P(ModelTest, MatchesReferenceDisk) {
   const ModelConfig& cfg = GetParam();
   const uint64_t seed = EnvOr("INSITU_MODEL_SEED", 0x5eed0000 + cfg.extent_max_blocks +
-                                                         static_cast<uint64_t>(cfg.mode) * 100 +
-                                                         std::strlen(cfg.codec) * 1000);
+                                                       static_cast<uint64_t>(cfg.mode) * 100 +
+                                                       std::strlen(cfg.codec) * 1000);
   const uint64_t ops = EnvOr("INSITU_MODEL_OPS", 1500);
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set INSITU_MODEL_SEED to reproduce)");
   std::mt19937_64 rng(seed);

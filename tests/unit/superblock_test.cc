@@ -53,8 +53,8 @@ TEST_F(SuperblockOnDevice, FormatWritesBothCopies) {
   EXPECT_EQ(sb.codec, static_cast<uint8_t>(CodecId::kZstd));
   EXPECT_EQ(sb.codec_level, 3);
   EXPECT_EQ(sb.state, static_cast<uint32_t>(format::VolumeState::kClean));
-  EXPECT_EQ(0, std::memcmp(dev_.contents().data(),
-                           dev_.contents().data() + sb.backup_offset, kBlockSize));
+  EXPECT_EQ(0, std::memcmp(dev_.contents().data(), dev_.contents().data() + sb.backup_offset,
+                           kBlockSize));
 }
 
 TEST_F(SuperblockOnDevice, EveryCorruptedByteIsDetectedAndBackupUsed) {
@@ -88,8 +88,7 @@ TEST_F(SuperblockOnDevice, RejectsUnknownIncompatFeatureAndTruncatedDevice) {
   sb.incompat = 0x80;
   EncodeSuperblock(sb, block.data());
   format::Superblock out;
-  EXPECT_EQ(DecodeSuperblock(block.data(), dev_.Size(), &out).code(),
-            Status::Code::kNotSupported);
+  EXPECT_EQ(DecodeSuperblock(block.data(), dev_.Size(), &out).code(), Status::Code::kNotSupported);
   sb.incompat = 0;
   EncodeSuperblock(sb, block.data());
   EXPECT_TRUE(DecodeSuperblock(block.data(), dev_.Size(), &out).ok());

@@ -38,8 +38,8 @@ class BorrowedDevice : public BlockDevice {
 enum class DataKind { kText, kRandom, kZero, kMixed };
 
 inline void FillData(std::mt19937_64& rng, DataKind kind, uint8_t* buf, size_t len) {
-  static const char* kWords[] = {"block ", "extent ", "insitu ", "payload ", "sector ",
-                                 "compress ", "metadata ", "flush ", "\n", "0123 "};
+  static const char* kWords[] = {"block ",    "extent ",   "insitu ", "payload ", "sector ",
+                                 "compress ", "metadata ", "flush ",  "\n",       "0123 "};
   auto fill_text = [&](uint8_t* p, size_t n) {
     size_t i = 0;
     while (i < n) {
@@ -64,9 +64,15 @@ inline void FillData(std::mt19937_64& rng, DataKind kind, uint8_t* buf, size_t l
       for (size_t off = 0; off < len; off += 4096) {
         const size_t n = std::min<size_t>(4096, len - off);
         switch (rng() % 4) {
-          case 0: fill_text(buf + off, n); break;
-          case 1: fill_random(buf + off, n); break;
-          case 2: std::fill(buf + off, buf + off + n, 0); break;
+          case 0:
+            fill_text(buf + off, n);
+            break;
+          case 1:
+            fill_random(buf + off, n);
+            break;
+          case 2:
+            std::fill(buf + off, buf + off + n, 0);
+            break;
           default:  // half text, half zeros: compresses, but not a zero block
             fill_text(buf + off, n / 2);
             std::fill(buf + off + n / 2, buf + off + n, 0);
