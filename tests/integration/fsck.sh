@@ -15,30 +15,8 @@ done
 FSCK="$BUILD/fsck.insitu"
 IMG="$WORK/vol.img"
 IN="$WORK/in.bin"
-OUT="$WORK/out"
-ERR="$WORK/err"
 MiB=$((1 << 20))
 DATA_BYTES=$((32 * MiB))
-
-# expect RC COMMAND...: runs COMMAND with stdout in $OUT and stderr in $ERR
-# and fails unless it exits with RC (or a sanitizer spoke).
-expect() {
-  local want=$1 rc=0
-  shift
-  "$@" >"$OUT" 2>"$ERR" || rc=$?
-  if [[ $rc -ne $want ]] || grep -qE 'Sanitizer|runtime error:|terminate called' "$ERR"; then
-    cat "$OUT" "$ERR" >&2
-    fail "expected exit $want, got $rc: $*"
-  fi
-}
-
-# says FILE TEXT: FILE contains TEXT (fixed string).
-says() {
-  grep -qF -- "$2" "$1" || {
-    cat "$1" >&2
-    fail "$(basename "$1") lacks '$2'"
-  }
-}
 
 # json FILE EXPR: evaluates a Python expression over the parsed file (j).
 json() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }

@@ -65,3 +65,29 @@ stop_daemon() {
 }
 
 uri() { echo "nbd+unix:///?socket=$WORK/$1.sock"; }
+
+OUT="$WORK/out"
+ERR="$WORK/err"
+
+# expect RC COMMAND...: runs COMMAND with stdout in $OUT and stderr in $ERR
+# and fails unless it exits with RC.  A crash (signal, uncaught exception)
+# shows up as 128+N or 134 and so fails every expectation; a sanitizer
+# report is looked for by name, because it exits with 1 like an error does.
+expect() {
+  local want=$1 rc=0
+  shift
+  "$@" >"$OUT" 2>"$ERR" || rc=$?
+  if [[ $rc -ne $want ]] || grep -qE 'Sanitizer|runtime error:|terminate called' "$ERR"; then
+    cat "$OUT" "$ERR" >&2
+    fail "expected exit $want, got $rc: $*"
+  fi
+}
+
+# says FILE TEXT: FILE contains TEXT (fixed string).
+says() {
+  grep -qF -- "$2" "$1" || {
+    cat "$1" >&2
+    fail "$(basename "$1") lacks '$2'"
+  }
+}
+
