@@ -31,6 +31,12 @@ struct SlotExtent {
   uint32_t used_blocks() const { return (sectors + 7) / 8; }
 };
 
+// Bitmask of the `count` 4 KiB units of a slot starting at unit `first`
+// (first + count <= 32).
+constexpr uint32_t UnitMask(uint32_t first, uint32_t count) {
+  return ((count == 32 ? 0u : (1u << count)) - 1u) << first;
+}
+
 // Decodes entries[0, n) of one slot.  Returns kCorruption (naming the bad
 // block by its index in the slot) when the entries break a rule above.
 Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* out);

@@ -58,7 +58,6 @@ class MetaBitmap {
   void GetRange(uint64_t first, uint32_t n, uint8_t* entries) const;
 
   uint64_t PageOf(uint64_t block) const { return block / format::kBlocksPerMetaPage; }
-  uint64_t page_count() const { return pages_.size(); }
   // Sequence of the page's copy on disk (0: never written).
   uint64_t DiskSequence(uint64_t page) const;
 

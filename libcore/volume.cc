@@ -400,7 +400,6 @@ VolumeStats InsituVolume::Stats() const {
   return s;
 }
 
-bool InsituVolume::read_only() const { return impl_->read_only; }
 bool InsituVolume::was_unclean() const { return impl_->unclean; }
 BlockDevice* InsituVolume::backing() const { return impl_->dev.get(); }
 

@@ -106,7 +106,6 @@ class InsituVolume final : public BlockDevice {
   // A copy: the volume rewrites its counters and state concurrently.
   format::Superblock superblock() const;
   VolumeStats Stats() const;
-  bool read_only() const;
   // True when Open() found the volume had not been closed cleanly.
   bool was_unclean() const;
   // Calls fn for every extent, and for every run of unwritten blocks, in

@@ -91,8 +91,7 @@ uint32_t UsedUnits(const uint8_t* entries, uint32_t n) {
   if (!DecodeSlot(entries, n, &extents).ok()) return UINT32_MAX;
   uint32_t used = 0;
   for (const SlotExtent& e : extents) {
-    const uint32_t u = e.used_blocks();
-    used |= ((u == 32 ? 0u : (1u << u)) - 1u) << e.first;
+    used |= UnitMask(e.first, e.used_blocks());
   }
   return used;
 }

@@ -63,10 +63,6 @@ bool IsZeroBlock(const uint8_t* p) {
   return acc == 0;
 }
 
-uint32_t UnitMask(uint32_t first, uint32_t count) {
-  return ((count == 32 ? 0u : (1u << count)) - 1u) << first;
-}
-
 // Sectors of the slot that the extents in `entries` occupy (every sector if
 // the entries are damaged: then nothing may be overwritten unprotected).
 SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {

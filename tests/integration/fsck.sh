@@ -30,20 +30,7 @@ copy_out() {
 
 step "format a 128 MiB zstd volume, write 32 MiB through insitud"
 "$INSITU" format -q --size 128M --compress zstd "$IMG"
-python3 - "$IN" "$DATA_BYTES" <<'PY'
-import random, sys
-rng = random.Random(7)
-words = [b"block ", b"extent ", b"insitu ", b"payload ", b"sector ", b"check\n"]
-with open(sys.argv[1], "wb") as f:
-    for i in range(int(sys.argv[2]) >> 20):
-        kind = i % 4
-        if kind == 0:
-            f.write(rng.randbytes(1 << 20))
-        elif kind == 3:
-            f.write(bytes(1 << 20))
-        else:
-            f.write(b"".join(rng.choice(words) for _ in range(200000))[: 1 << 20])
-PY
+make_test_data "$IN" "$DATA_BYTES" 7
 start_daemon "$IMG" write
 nbdcopy "$IN" "$(uri write)" || fail "nbdcopy into the export failed"
 stop_daemon

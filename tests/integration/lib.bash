@@ -66,6 +66,26 @@ stop_daemon() {
 
 uri() { echo "nbd+unix:///?socket=$WORK/$1.sock"; }
 
+# make_test_data FILE BYTES SEED: whole MiBs cycling through random,
+# text, text and zero data, so a volume stores raw, compressed and
+# unwritten extents.
+make_test_data() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import random, sys
+rng = random.Random(int(sys.argv[3]))
+words = [b"block ", b"extent ", b"insitu ", b"payload ", b"sector ", b"compress\n"]
+with open(sys.argv[1], "wb") as f:
+    for i in range(int(sys.argv[2]) >> 20):
+        kind = i % 4
+        if kind == 0:
+            f.write(rng.randbytes(1 << 20))
+        elif kind == 3:
+            f.write(bytes(1 << 20))
+        else:
+            f.write(b"".join(rng.choice(words) for _ in range(200000))[: 1 << 20])
+PY
+}
+
 OUT="$WORK/out"
 ERR="$WORK/err"
 

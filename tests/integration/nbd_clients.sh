@@ -73,21 +73,7 @@ if [[ $(wc -l <"$WORK/map0") -ne 1 ]] ||
 fi
 
 step "nbdcopy 64 MiB in (random, text and zero MiBs)"
-python3 - "$IN" "$DATA_BYTES" <<'PY'
-import os, random, sys
-rng = random.Random(2024)
-words = [b"block ", b"extent ", b"insitu ", b"payload ", b"sector ", b"compress\n"]
-with open(sys.argv[1], "wb") as f:
-    for i in range(int(sys.argv[2]) >> 20):
-        kind = i % 4
-        if kind == 0:
-            f.write(rng.randbytes(1 << 20))
-        elif kind == 3:
-            f.write(bytes(1 << 20))
-        else:
-            text = b"".join(rng.choice(words) for _ in range(200000))
-            f.write(text[: 1 << 20])
-PY
+make_test_data "$IN" "$DATA_BYTES" 2024
 nbdcopy "$IN" "$URI" || fail "nbdcopy into the export failed"
 
 step "nbdinfo --map: data where written, a hole after it"
