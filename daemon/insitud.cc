@@ -68,7 +68,13 @@ struct Args {
   std::string control;
   unsigned threads = 0;
   std::string pidfile;
+  std::string io;
 };
+
+bool IsBlockDevice(const std::string& path) {
+  struct stat st {};
+  return stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+}
 
 void Say(const std::string& line) { std::cerr << "insitud: " + line + "\n"; }
 
@@ -297,6 +303,11 @@ int Main(int argc, char** argv) {
       ->default_val(0)
       ->check(CLI::Range(0, 1024));
   app.add_option("--pidfile", args.pidfile, "Write the daemon's process id to this file");
+  app.add_option("--io", args.io,
+                 "Backing I/O: direct (O_DIRECT), buffered (page cache), or auto: direct on "
+                 "block devices, buffered on regular files")
+      ->default_val("auto")
+      ->check(CLI::IsMember({"auto", "direct", "buffered"}));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -323,6 +334,7 @@ int Main(int argc, char** argv) {
 
   FileDeviceOptions file_opts;
   file_opts.read_only = args.read_only;
+  file_opts.allow_direct = args.io == "direct" || (args.io == "auto" && IsBlockDevice(args.target));
   std::unique_ptr<FileDevice> file;
   if (const Status st = FileDevice::Open(args.target, file_opts, &file); !st.ok()) {
     Say(st.message());  // names the path already
