@@ -72,7 +72,8 @@ nlohmann::json ExtentToJson(const ExtentInfo& e) {
   return {{"head_block", e.head_block},
           {"nblocks", e.nblocks},
           {"kind", KindName(e.kind)},
-          {"payload_sectors", e.payload_sectors}};
+          {"payload_sectors", e.payload_sectors},
+          {"payload_start", e.payload_start}};
 }
 
 }  // namespace
@@ -143,13 +144,14 @@ int RunDump(const std::string& prog, const DumpArgs& args) {
     if (args.extents) {
       std::cout << "extents:\n"
                 << "  " << std::right << std::setw(14) << "head_block" << std::setw(9) << "nblocks"
-                << "  " << std::left << std::setw(11) << "kind"
-                << "payload_sectors\n";
+                << "  " << std::left << std::setw(11) << "kind" << std::setw(17)
+                << "payload_sectors"
+                << "payload_start\n";
       vol->ForEachExtent([&](const ExtentInfo& e) {
         count_corrupt(e);
         std::cout << "  " << std::right << std::setw(14) << e.head_block << std::setw(9)
                   << e.nblocks << "  " << std::left << std::setw(11) << KindName(e.kind)
-                  << e.payload_sectors << "\n";
+                  << std::setw(17) << e.payload_sectors << e.payload_start << "\n";
       });
     }
   }

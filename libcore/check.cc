@@ -68,6 +68,7 @@ struct Candidate {
   uint32_t head = 0;  // block index within the slot
   uint32_t nblocks = 0;
   uint32_t sectors = 0;
+  bool back = false;       // at the back of the extent's place
   uint64_t write_seq = 0;  // unverified when !intact
   bool intact = false;     // checksum, identity and decompression all good
 };
@@ -665,14 +666,20 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
     Candidate c;
     c.head = static_cast<uint32_t>(t.head_block - slot_first);
     c.nblocks = t.nblocks;
-    if (end <= c.head * format::kSectorsPerBlock) continue;
-    c.sectors = end - c.head * format::kSectorsPerBlock;
-    if (c.sectors >= c.nblocks * format::kSectorsPerBlock ||
-        format::PayloadSectors(t.comp_len) != c.sectors) {
+    // The trailer ends a payload at the front of the place (starting at the
+    // head) or one at its back (ending at the extent's last sector).
+    c.sectors = format::PayloadSectors(t.comp_len);
+    const uint32_t place_start = c.head * format::kSectorsPerBlock;
+    const uint32_t place_end = place_start + c.nblocks * format::kSectorsPerBlock;
+    if (end == place_start + c.sectors && c.sectors < place_end - place_start) {
+      c.back = false;
+    } else if (end == place_end && CanPlaceBack(c.nblocks, c.sectors)) {
+      c.back = true;
+    } else {
       continue;
     }
     c.write_seq = t.write_seq;
-    const uint8_t* payload = data + size_t{c.head} * kBlockSize;
+    const uint8_t* payload = data + size_t{end - c.sectors} * kSectorSize;
     format::PayloadTrailer verified;
     c.intact =
         OpenPayload(payload, c.sectors, {t.head_block, t.nblocks, codec_->id()}, &verified).ok() &&
@@ -702,7 +709,7 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
     }
     std::fill(owner.begin() + c.head, owner.begin() + c.head + c.nblocks, Owner::kExtent);
     std::fill(owner_seq.begin() + c.head, owner_seq.begin() + c.head + c.nblocks, c.write_seq);
-    EncodeExtent(c.nblocks, c.sectors, entries + c.head);
+    EncodeExtent(c.nblocks, c.sectors, entries + c.head, c.back);
     counts->extents++;
   }
   for (const Candidate* c : losers) {
@@ -857,7 +864,8 @@ Status Checker::WriteDirtyPages(uint64_t margin) {
 // Reads, checks and decompresses the payload of the compressed extent `e`
 // whose head is block `head`, as the read path does.
 Status Checker::VerifyExtent(uint64_t head, const SlotExtent& e, format::PayloadTrailer* trailer) {
-  const uint64_t offset = sb_.data_offset + head * kBlockSize;
+  const uint64_t offset =
+      sb_.data_offset + head * kBlockSize + uint64_t{e.payload_start()} * kSectorSize;
   INSITU_RETURN_IF_ERROR(dev_->Read(offset, payload_buf_.data(), size_t{e.sectors} * kSectorSize)
                              .Annotate("reading the payload at " + DeviceOffset(offset)));
   // Damage is kCorruption; anything else (an I/O error) stops the check.
@@ -918,8 +926,9 @@ Status Checker::CheckExtents() {
       }
       if (!st.ok()) {
         Problem("extent of " + Blocks(head, e.nblocks) + " unreadable: " + st.message(),
-                DeviceOffset(sb_.data_offset + head * kBlockSize) + ", " +
-                    std::to_string(e.sectors) + " sectors",
+                DeviceOffset(sb_.data_offset + head * kBlockSize +
+                             uint64_t{e.payload_start()} * kSectorSize) +
+                    ", " + std::to_string(e.sectors) + " sectors",
                 "mark its " + std::to_string(e.nblocks) +
                     " blocks bad so reads of them fail (their data is lost)",
                 Repair::kLosesData, PageFixed(Repair::kLosesData));

@@ -17,6 +17,19 @@ Status Bad(uint32_t block, const std::string& what) {
 
 }  // namespace
 
+uint32_t SlotExtent::used_units() const {
+  const uint32_t start = payload_start() / format::kSectorsPerBlock;
+  const uint32_t end =
+      (payload_start() + sectors + format::kSectorsPerBlock - 1) / format::kSectorsPerBlock;
+  return UnitMask(first + start, end - start);
+}
+
+bool CanPlaceBack(uint32_t nblocks, uint32_t sectors) {
+  const uint32_t place = nblocks * format::kSectorsPerBlock;
+  return sectors >= 1 && sectors < place &&
+         sectors <= place - format::kSectorsPerBlock + format::kMaxBackHeadCharge;
+}
+
 Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* out) {
   out->clear();
   uint32_t i = 0;
@@ -34,19 +47,30 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
     SlotExtent e;
     e.first = i;
     e.nblocks = j - i;
+    e.back = entries[i] >= format::kMetaBackHead;
+    // charge[k]: the payload sectors entry k carries.
+    uint32_t charge[format::kMaxExtentBlocks];
     for (uint32_t k = i; k < j; ++k) {
       if (entries[k] & ~(kMetaLengthMask | kMetaTailBit)) return Bad(k, "stray bits set");
-      const uint32_t len = entries[k] & kMetaLengthMask;
+      uint32_t len = entries[k] & kMetaLengthMask;
+      if (k == i && e.back) len -= format::kMetaBackHead;
       if (len > format::kSectorsPerBlock) return Bad(k, "length " + std::to_string(len) + " > 8");
+      charge[k - i] = len;
       e.sectors += len;
     }
-    if (e.sectors == 0 && e.nblocks > 1) return Bad(i, "unwritten block followed by tails");
-    // The lengths must be exactly the greedy charge of the total.
+    if (e.sectors == 0 && (e.nblocks > 1 || e.back)) {
+      return Bad(i, "unwritten block followed by tails");
+    }
+    if (e.back && !CanPlaceBack(e.nblocks, e.sectors)) {
+      return Bad(i, "payload of " + std::to_string(e.sectors) + " sectors cannot sit at the back");
+    }
+    // The lengths must be exactly the greedy charge of the total, from the
+    // head (front payloads) or from the last block (back payloads).
     uint32_t left = e.sectors;
-    for (uint32_t k = i; k < j; ++k) {
+    for (uint32_t step = 0; step < e.nblocks; ++step) {
+      const uint32_t k = e.back ? e.nblocks - 1 - step : step;
       const uint32_t expect = std::min(left, format::kSectorsPerBlock);
-      if ((entries[k] & kMetaLengthMask) != expect)
-        return Bad(k, "payload length not charged in order");
+      if (charge[k] != expect) return Bad(i + k, "payload length not charged in order");
       left -= expect;
     }
     out->push_back(e);
@@ -55,13 +79,15 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
   return Status::OK();
 }
 
-void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries) {
+void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool back) {
   uint32_t left = sectors;
-  for (uint32_t k = 0; k < nblocks; ++k) {
+  for (uint32_t step = 0; step < nblocks; ++step) {
+    const uint32_t k = back ? nblocks - 1 - step : step;
     const uint32_t len = std::min(left, format::kSectorsPerBlock);
     left -= len;
     entries[k] = static_cast<uint8_t>(len | (k == 0 ? 0 : kMetaTailBit));
   }
+  if (back) entries[0] = static_cast<uint8_t>(entries[0] + format::kMetaBackHead);
 }
 
 }  // namespace insitu

@@ -6,9 +6,12 @@
 //  - a slot starts with a head (tail bit clear);
 //  - a head with length 0 is a single unwritten block, a head with length
 //    15 a single bad block (no tail follows either);
-//  - the lengths of an extent's blocks are the greedy charge of its payload
-//    length P (head min(P,8), then min(P-8,8), ...), 1 <= P <= 8*nblocks;
-//  - P == 8*nblocks means raw storage, anything less a compressed payload.
+//  - a front payload's lengths are the greedy charge of its payload length
+//    P from the head (head min(P,8), then min(P-8,8), ...),
+//    1 <= P <= 8*nblocks; P == 8*nblocks means raw storage, anything less a
+//    compressed payload;
+//  - a back payload (head entry kMetaBackHead + h) is compressed, charged
+//    greedily from the last block backwards, the head carrying h <= 5.
 #pragma once
 
 #include <cstdint>
@@ -24,11 +27,14 @@ struct SlotExtent {
   uint32_t nblocks = 0;
   uint32_t sectors = 0;  // payload sectors; 0 for an unwritten or bad block
   bool bad = false;      // data lost; reads fail until the block is rewritten
+  bool back = false;     // compressed payload at the back of the extent's place
   bool unwritten() const { return sectors == 0 && !bad; }
   bool raw() const { return !bad && sectors == nblocks * 8; }
   bool compressed() const { return sectors != 0 && !raw(); }
-  // 4 KiB units of the extent's place that its payload occupies.
-  uint32_t used_blocks() const { return (sectors + 7) / 8; }
+  // First payload sector, counted from the start of the extent's place.
+  uint32_t payload_start() const { return back ? nblocks * 8 - sectors : 0; }
+  // The 4 KiB units of the slot that the payload occupies (a bitmask).
+  uint32_t used_units() const;
 };
 
 // Bitmask of the `count` 4 KiB units of a slot starting at unit `first`
@@ -42,7 +48,12 @@ constexpr uint32_t UnitMask(uint32_t first, uint32_t count) {
 Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* out);
 
 // Writes the entries of one extent of nblocks blocks with a payload of
-// `sectors` sectors (0 only when nblocks == 1: an unwritten block).
-void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries);
+// `sectors` sectors (0 only when nblocks == 1: an unwritten block), at the
+// front of its place or, when `back` (CanPlaceBack() must hold), at the back.
+void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool back = false);
+
+// Whether a compressed payload of `sectors` sectors can be encoded at the
+// back of an extent of nblocks blocks (its head may carry at most 5).
+bool CanPlaceBack(uint32_t nblocks, uint32_t sectors);
 
 }  // namespace insitu

@@ -23,10 +23,16 @@
 //   bit  4     tail: 1 if the block continues the extent that precedes it
 // A head (tail=0) with length 0 is an unwritten block (reads as zeros);
 // with length 15 a bad block (reads fail).
-// An extent's payload length is the sum of its blocks' lengths, charged
-// greedily: head min(P,8), next min(P-8,8), ...  A payload of exactly
+// An extent's payload length is the sum of its blocks' lengths.  A payload
+// at the front of the extent's place (the usual case) is charged greedily
+// from the head: head min(P,8), next min(P-8,8), ...  A payload of exactly
 // 8*nblocks sectors is the raw data (incompressible); anything shorter is a
 // compressed payload ending in a PayloadTrailer.
+// A compressed payload may instead sit at the *back* of the place (ending
+// at the extent's last sector), so that an overwrite can be written beside
+// the payload the on-disk metadata still describes instead of over it.  It
+// is charged greedily from the last block backwards, and its head entry is
+// kMetaBackHead + (the head's own charge, 0..5).
 //
 // All integers are little-endian.  Every structure carries a magic, a
 // version and a CRC-32C; see each struct.
@@ -53,7 +59,10 @@ inline constexpr uint32_t kSuperVersion = 1;
 // ro_compat bit, and ignores unknown compat bits.
 inline constexpr uint32_t kCompatKnown = 0;
 inline constexpr uint32_t kRoCompatKnown = 0;
-inline constexpr uint32_t kIncompatKnown = 0;
+// Compressed payloads may sit at the end of their extent's place (head
+// entries 9..14, see "metadata pages" below).  Set by format.
+inline constexpr uint32_t kIncompatBackPayloads = 1u << 0;
+inline constexpr uint32_t kIncompatKnown = kIncompatBackPayloads;
 
 enum class VolumeState : uint32_t {
   kClean = 1,  // closed cleanly: metadata on disk describes every block
@@ -121,6 +130,10 @@ inline constexpr uint8_t kMetaTailBit = 0x10;
 // A head entry with length 15: a single block whose data was lost (fsck
 // marks unreadable extents so).  Reads of it fail; a write replaces it.
 inline constexpr uint8_t kMetaBadBlock = 0x0f;
+// Head entries kMetaBackHead .. kMetaBackHead+kMaxBackHeadCharge: the head
+// of an extent whose compressed payload sits at the back of its place.
+inline constexpr uint8_t kMetaBackHead = 9;
+inline constexpr uint8_t kMaxBackHeadCharge = 5;
 
 // A metadata page slot.  Of the two slots of a page, the valid one (magic,
 // version, page index and CRC all good) with the higher sequence is current;

@@ -45,6 +45,7 @@ InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superbloc
       meta(dev.get(), sb),
       journal(dev.get(), sb),
       read_only(opts.read_only),
+      back_payloads((sb.incompat & format::kIncompatBackPayloads) != 0),
       log(opts.log ? opts.log : [](const std::string& line) { std::cerr << line << "\n"; }) {
   base_logical = sb.logical_bytes_written;
   base_payload = sb.payload_bytes_written;
@@ -84,7 +85,8 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
   } else {
     ReadScratch& scratch = GetReadScratch();
     const uint32_t payload_bytes = e.sectors * format::kSectorSize;
-    st = dev->Read(BlockOffset(head), scratch.payload.data(), payload_bytes);
+    st = dev->Read(BlockOffset(head) + uint64_t{e.payload_start()} * format::kSectorSize,
+                   scratch.payload.data(), payload_bytes);
     format::PayloadTrailer trailer;
     if (st.ok()) {
       st = OpenPayload(scratch.payload.data(), e.sectors,
@@ -416,7 +418,7 @@ void InsituVolume::ForEachExtent(const std::function<void(const ExtentInfo&)>& f
         static_cast<uint32_t>(std::min<uint64_t>(v.slot_blocks(), v.sb.data_blocks - slot));
     if (!v.ReadSlot(slot, &extents).ok()) {
       emit_pending();
-      fn(ExtentInfo{slot, in_volume, 0, ExtentInfo::Kind::kCorrupt});
+      fn(ExtentInfo{slot, in_volume, 0, 0, ExtentInfo::Kind::kCorrupt});
       continue;
     }
     for (const SlotExtent& e : extents) {
@@ -427,7 +429,7 @@ void InsituVolume::ForEachExtent(const std::function<void(const ExtentInfo&)>& f
         continue;
       }
       emit_pending();
-      fn(ExtentInfo{slot + e.first, e.nblocks, e.sectors,
+      fn(ExtentInfo{slot + e.first, e.nblocks, e.sectors, e.payload_start(),
                     e.bad     ? ExtentInfo::Kind::kBad
                     : e.raw() ? ExtentInfo::Kind::kRaw
                               : ExtentInfo::Kind::kCompressed});

@@ -75,6 +75,9 @@ struct ExtentInfo {
   uint64_t head_block = 0;
   uint32_t nblocks = 0;
   uint32_t payload_sectors = 0;  // 0 for unwritten runs
+  // Where the payload starts, in sectors from the head block's place (not 0
+  // when a compressed payload sits at the back of the extent's place).
+  uint32_t payload_start = 0;
   // kCorrupt: the slot's metadata breaks the format's rules; reads of
   // these blocks fail until fsck repairs them.
   // kBad: a block fsck marked lost.

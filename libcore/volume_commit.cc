@@ -91,7 +91,7 @@ uint32_t UsedUnits(const uint8_t* entries, uint32_t n) {
   if (!DecodeSlot(entries, n, &extents).ok()) return UINT32_MAX;
   uint32_t used = 0;
   for (const SlotExtent& e : extents) {
-    used |= UnitMask(e.first, e.used_blocks());
+    used |= e.used_units();
   }
   return used;
 }

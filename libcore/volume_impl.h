@@ -86,6 +86,8 @@ class InsituVolume::Impl {
   UndoJournal journal;
   ExtentLock locks;
   const bool read_only;
+  // The volume allows compressed payloads at the back of their place.
+  const bool back_payloads;
   bool unclean = false;
   std::atomic<bool> closed{false};
   std::function<void(const std::string&)> log;

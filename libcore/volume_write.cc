@@ -70,9 +70,8 @@ SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
   std::vector<SlotExtent> extents;
   if (!DecodeSlot(entries, n, &extents).ok()) return used.set();
   for (const SlotExtent& e : extents) {
-    for (uint32_t s = e.first * kSectorsPerBlock; s < e.first * kSectorsPerBlock + e.sectors; ++s) {
-      used.set(s);
-    }
+    const uint32_t start = e.first * kSectorsPerBlock + e.payload_start();
+    for (uint32_t s = start; s < start + e.sectors; ++s) used.set(s);
   }
   return used;
 }
@@ -83,7 +82,39 @@ struct NewExtent {
   uint32_t nblocks;
   uint32_t sectors;  // payload sectors (8 * nblocks when raw)
   const uint8_t* bytes;
+  bool back = false;  // compressed payload placed at the back of its place
+
+  uint32_t place_sectors() const { return nblocks * kSectorsPerBlock; }
+  bool compressed() const { return sectors < place_sectors(); }
+  // Slot-relative sector where the payload starts.
+  uint32_t start() const {
+    return first * kSectorsPerBlock + (back ? place_sectors() - sectors : 0);
+  }
+  SectorSet Sectors() const {
+    SectorSet set;
+    for (uint32_t s = start(); s < start() + sectors; ++s) set.set(s);
+    return set;
+  }
 };
+
+// Places each compressed payload at the front of its extent's place, or at
+// the back where the front would overwrite `protect`ed sectors and the back
+// would not, so that the overwrite needs no undo record.  Returns the
+// sectors the payloads will be written to.
+SectorSet PlacePayloads(std::vector<NewExtent>* extents, const SectorSet& protect,
+                        bool back_allowed) {
+  SectorSet writes;
+  for (NewExtent& e : *extents) {
+    e.back = false;
+    if (back_allowed && e.compressed() && CanPlaceBack(e.nblocks, e.sectors) &&
+        (e.Sectors() & protect).any()) {
+      e.back = true;
+      if ((e.Sectors() & protect).any()) e.back = false;
+    }
+    writes |= e.Sectors();
+  }
+  return writes;
+}
 
 }  // namespace
 
@@ -152,8 +183,8 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
 Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents) {
   for (const NewExtent& e : extents) {
     const uint64_t head = slot_first_ + e.first;
-    Status st =
-        v_.dev->Write(v_.BlockOffset(head), e.bytes, size_t{e.sectors} * kSectorSize, false);
+    Status st = v_.dev->Write(v_.BlockOffset(slot_first_) + uint64_t{e.start()} * kSectorSize,
+                              e.bytes, size_t{e.sectors} * kSectorSize, false);
     if (!st.ok()) return st.Annotate("writing extent at block " + std::to_string(head));
     v_.payload_written.fetch_add(uint64_t{e.sectors} * kSectorSize);
   }
@@ -219,28 +250,18 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     b = e;
   }
 
-  // The slot's entries after this rewrite.
-  uint8_t entries[kMaxExtentBlocks];
-  v_.meta.GetRange(slot_first_, slot_n, entries);
-  std::fill(entries + m0, entries + m1, 0);
-  SectorSet writes;
-  uint32_t new_used = 0;
-  for (const NewExtent& e : extents) {
-    EncodeExtent(e.nblocks, e.sectors, entries + e.first);
-    for (uint32_t s = 0; s < e.sectors; ++s) writes.set(e.first * kSectorsPerBlock + s);
-    new_used |= UnitMask(e.first, (e.sectors + kSectorsPerBlock - 1) / kSectorsPerBlock);
-  }
-
-  // Pin the page; if the payloads would overwrite sectors a copy of the
-  // metadata on disk refers to, reserve an undo record for them.
+  // Pin the page and place the payloads; if they would still overwrite
+  // sectors a copy of the metadata on disk refers to, reserve an undo record
+  // for them.
   UndoSpec undo;
   uint64_t ticket = 0;
   uint32_t span_lo = 0, span_hi = 0;  // protected sectors about to be overwritten
   SlotViews views;
   for (;;) {
     Status st = v_.meta.Pin(slot_first_, slot_n, &views, [&](const SlotViews& vw) {
-      SectorSet hit = writes & UsedSectors(vw.durable, slot_n);
-      if (vw.has_committing) hit |= writes & UsedSectors(vw.committing, slot_n);
+      SectorSet protect = UsedSectors(vw.durable, slot_n);
+      if (vw.has_committing) protect |= UsedSectors(vw.committing, slot_n);
+      const SectorSet hit = PlacePayloads(&extents, protect, v_.back_payloads) & protect;
       span_lo = span_hi = 0;
       if (hit.none()) return Status::OK();
       while (!hit.test(span_lo)) ++span_lo;
@@ -256,6 +277,18 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     if (st.ok()) break;
     if (st.code() != Status::Code::kBusy) return st;
     INSITU_RETURN_IF_ERROR(v_.Commit());  // frees the journal
+  }
+
+  // The slot's entries after this rewrite.
+  uint8_t entries[kMaxExtentBlocks];
+  v_.meta.GetRange(slot_first_, slot_n, entries);
+  std::fill(entries + m0, entries + m1, 0);
+  uint32_t new_used = 0;
+  for (const NewExtent& e : extents) {
+    EncodeExtent(e.nblocks, e.sectors, entries + e.first, e.back);
+    const uint32_t unit = e.start() / kSectorsPerBlock;
+    new_used |=
+        UnitMask(unit, (e.start() + e.sectors + kSectorsPerBlock - 1) / kSectorsPerBlock - unit);
   }
 
   uint8_t* saved = scratch.undo.data() + kSectorSize;
@@ -295,7 +328,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   }
   uint32_t old_used = 0;
   for (const SlotExtent& e : touched) {
-    old_used |= UnitMask(e.first, e.used_blocks());
+    old_used |= e.used_units();
     if (e.raw()) d_raw -= e.nblocks;
     if (e.bad) d_bad -= 1;
     if (e.compressed()) {

@@ -74,9 +74,9 @@ expect 0 "$INSITU" check --json -f "$IMG"
 
 step "a damaged payload: -p leaves it, -y marks it bad, reads of it fail"
 "$INSITU" dump --json "$IMG" >"$WORK/dump.json"
-read -r head nblocks data_offset < <(json "$WORK/dump.json" \
-  '" ".join(str(x) for x in next((e["head_block"], e["nblocks"], j["superblock"]["data_offset"]) for e in j["extents"] if e["kind"] == "compressed" and e["nblocks"] > 1))')
-dd if=/dev/urandom of="$IMG" bs=1 seek=$((data_offset + head * 4096 + 100)) count=8 conv=notrunc \
+read -r head nblocks start data_offset < <(json "$WORK/dump.json" \
+  '" ".join(str(x) for x in next((e["head_block"], e["nblocks"], e["payload_start"], j["superblock"]["data_offset"]) for e in j["extents"] if e["kind"] == "compressed" and e["nblocks"] > 1))')
+dd if=/dev/urandom of="$IMG" bs=1 seek=$((data_offset + head * 4096 + start * 512 + 100)) count=8 conv=notrunc \
   status=none
 expect 4 "$FSCK" -fn "$IMG"
 says "$OUT" "unreadable"

@@ -113,6 +113,8 @@ void BuildImage(const CodecCase& c, Image* img) {
   {
     Writer w(vol.get(), &img->reference, 2);
     w.Fill(64, 32, DataKind::kRandom);
+    w.Fill(0, 32, DataKind::kText);     // beside the committed payloads
+    w.Fill(6400, 8, DataKind::kMixed);  // (at the back of their places)
     w.Fill(128, 16, DataKind::kText);
     w.Fill(300, 64, DataKind::kText);
     w.Trim(200, 11);
@@ -123,12 +125,18 @@ void BuildImage(const CodecCase& c, Image* img) {
   }
   ASSERT_TRUE(vol->Close().ok());
   ASSERT_TRUE(Open(&mem, true, &vol).ok());
+  uint64_t back_payloads = 0;
   vol->ForEachExtent([&](const ExtentInfo& e) {
+    if (e.kind == ExtentInfo::Kind::kCompressed && e.payload_start != 0) back_payloads++;
     if (!img->has_compressed && e.kind == ExtentInfo::Kind::kCompressed && e.nblocks > 1) {
       img->has_compressed = true;
       img->compressed = e;
     }
   });
+  // Rebuilds must find payloads at the back of their places too.
+  if (c.codec.id != CodecId::kNone) {
+    EXPECT_GT(back_payloads, 0u);
+  }
   img->sb = vol->superblock();
   vol.reset();
   img->device = mem.contents();
@@ -142,6 +150,12 @@ const Image& ImageFor(const CodecCase& c) {
     BuildImage(c, &it->second);
   }
   return it->second;
+}
+
+// Device offset of the first byte of img.compressed's payload.
+uint64_t PayloadOffset(const Image& img) {
+  return img.sb.data_offset + img.compressed.head_block * kBlockSize +
+         uint64_t{img.compressed.payload_start} * format::kSectorSize;
 }
 
 CheckReport Check(MemDevice* mem, CheckMode mode, bool force) {
@@ -180,9 +194,8 @@ struct Corruption {
 
 std::vector<Corruption> Corruptions() {
   const auto trailer = [](const Image& img) {
-    const ExtentInfo& e = img.compressed;
-    return img.sb.data_offset + e.head_block * kBlockSize +
-           uint64_t{e.payload_sectors} * format::kSectorSize - sizeof(format::PayloadTrailer);
+    return PayloadOffset(img) + uint64_t{img.compressed.payload_sectors} * format::kSectorSize -
+           sizeof(format::PayloadTrailer);
   };
   const auto slot = [](uint64_t page, bool current) {
     return [page, current](MemDevice* mem, const Image& img) {
@@ -224,9 +237,7 @@ std::vector<Corruption> Corruptions() {
          EncodeMetaPage(0, h.sequence, bits, block);
        }},
       {"payload byte", true,
-       [](MemDevice* m, const Image& img) {
-         Flip(m, img.sb.data_offset + img.compressed.head_block * kBlockSize + 10);
-       }},
+       [](MemDevice* m, const Image& img) { Flip(m, PayloadOffset(img) + 10); }},
       {"payload checksum field", true,
        [trailer](MemDevice* m, const Image& img) { Flip(m, trailer(img) + 12); }},
       {"trailer magic", true, [trailer](MemDevice* m, const Image& img) { Flip(m, trailer(img)); }},
@@ -485,7 +496,7 @@ TEST_F(CheckTest, PreenRefusesRepairsThatLoseData) {
 
   // So does a payload that fails its checksum.
   mem_.contents() = img_->device;
-  Flip(&mem_, img_->sb.data_offset + img_->compressed.head_block * kBlockSize + 10);
+  Flip(&mem_, PayloadOffset(*img_) + 10);
   const CheckReport q = Check(&mem_, CheckMode::kPreen, true);
   EXPECT_EQ(q.ExitCode(), kFsckUncorrected);
   EXPECT_FALSE(q.modified);
@@ -493,7 +504,7 @@ TEST_F(CheckTest, PreenRefusesRepairsThatLoseData) {
 }
 
 TEST_F(CheckTest, ListsBadBlocksWithOffsetsAndExportsJson) {
-  Flip(&mem_, img_->sb.data_offset + img_->compressed.head_block * kBlockSize + 10);
+  Flip(&mem_, PayloadOffset(*img_) + 10);
   const CheckReport y = Check(&mem_, CheckMode::kRepairAll, true);
   ASSERT_EQ(y.bad.size(), 1u);
   const BadRange& b = y.bad[0];

@@ -10,18 +10,45 @@ namespace {
 TEST(ExtentMap, EncodeDecodeRoundTripsEveryLength) {
   for (uint32_t n = 1; n <= format::kMaxExtentBlocks; ++n) {
     for (uint32_t sectors = 1; sectors <= 8 * n; ++sectors) {
-      uint8_t entries[format::kMaxExtentBlocks] = {};
-      EncodeExtent(n, sectors, entries);
-      std::vector<SlotExtent> out;
-      ASSERT_TRUE(DecodeSlot(entries, n, &out).ok()) << n << " " << sectors;
-      ASSERT_EQ(out.size(), 1u);
-      EXPECT_EQ(out[0].first, 0u);
-      EXPECT_EQ(out[0].nblocks, n);
-      EXPECT_EQ(out[0].sectors, sectors);
-      EXPECT_EQ(out[0].raw(), sectors == 8 * n);
-      EXPECT_EQ(out[0].used_blocks(), (sectors + 7) / 8);
+      for (const bool back : {false, true}) {
+        if (back && !CanPlaceBack(n, sectors)) continue;
+        uint8_t entries[format::kMaxExtentBlocks] = {};
+        EncodeExtent(n, sectors, entries, back);
+        std::vector<SlotExtent> out;
+        ASSERT_TRUE(DecodeSlot(entries, n, &out).ok()) << n << " " << sectors << " " << back;
+        ASSERT_EQ(out.size(), 1u);
+        EXPECT_EQ(out[0].first, 0u);
+        EXPECT_EQ(out[0].nblocks, n);
+        EXPECT_EQ(out[0].sectors, sectors);
+        EXPECT_EQ(out[0].back, back);
+        EXPECT_EQ(out[0].raw(), sectors == 8 * n);
+        const uint32_t start = back ? 8 * n - sectors : 0;
+        EXPECT_EQ(out[0].payload_start(), start);
+        EXPECT_EQ(out[0].used_units(), UnitMask(start / 8, (start + sectors + 7) / 8 - start / 8));
+      }
     }
   }
+}
+
+TEST(ExtentMap, BackPayloadsAreCompressedAndLeaveTheFrontFree) {
+  // A single block: payloads of 1..5 sectors fit at the back.
+  EXPECT_TRUE(CanPlaceBack(1, 5));
+  EXPECT_FALSE(CanPlaceBack(1, 6));
+  EXPECT_FALSE(CanPlaceBack(1, 8));   // raw is always in place
+  EXPECT_FALSE(CanPlaceBack(4, 32));  // raw
+  EXPECT_TRUE(CanPlaceBack(4, 29));   // head carries 5
+  EXPECT_FALSE(CanPlaceBack(4, 30));
+  uint8_t entries[4] = {};
+  EncodeExtent(4, 11, entries, true);  // charged 0, 0, 3, 8 from the head
+  EXPECT_EQ(entries[0], format::kMetaBackHead);
+  EXPECT_EQ(entries[1], format::kMetaTailBit);
+  EXPECT_EQ(entries[2], format::kMetaTailBit | 3);
+  EXPECT_EQ(entries[3], format::kMetaTailBit | 8);
+  std::vector<SlotExtent> out;
+  ASSERT_TRUE(DecodeSlot(entries, 4, &out).ok());
+  EXPECT_TRUE(out[0].compressed());
+  EXPECT_EQ(out[0].payload_start(), 21u);
+  EXPECT_EQ(out[0].used_units(), 0b1100u);
 }
 
 TEST(ExtentMap, DecodesMixedSlot) {
@@ -48,7 +75,7 @@ TEST(ExtentMap, BadBlockMarkerIsItsOwnExtent) {
   ASSERT_EQ(out.size(), 3u);
   EXPECT_TRUE(out[0].bad);
   EXPECT_FALSE(out[0].unwritten() || out[0].raw() || out[0].compressed());
-  EXPECT_EQ(out[0].used_blocks(), 0u);
+  EXPECT_EQ(out[0].used_units(), 0u);
   EXPECT_TRUE(out[1].unwritten());
   EXPECT_TRUE(out[2].bad);
   uint8_t bad_with_tail[2] = {format::kMetaBadBlock, format::kMetaTailBit};
@@ -59,8 +86,15 @@ TEST(ExtentMap, RejectsEveryBrokenRule) {
   std::vector<SlotExtent> out;
   uint8_t orphan_tail[2] = {format::kMetaTailBit | 3, 0};
   EXPECT_EQ(DecodeSlot(orphan_tail, 2, &out).code(), Status::Code::kCorruption);
-  uint8_t too_long[1] = {9};
-  EXPECT_EQ(DecodeSlot(too_long, 1, &out).code(), Status::Code::kCorruption);
+  uint8_t too_long[2] = {8, format::kMetaTailBit | 9};
+  EXPECT_EQ(DecodeSlot(too_long, 2, &out).code(), Status::Code::kCorruption);
+  uint8_t empty_back[1] = {format::kMetaBackHead};
+  EXPECT_EQ(DecodeSlot(empty_back, 1, &out).code(), Status::Code::kCorruption);
+  uint8_t back_not_greedy[2] = {format::kMetaBackHead + 2, format::kMetaTailBit | 3};
+  EXPECT_EQ(DecodeSlot(back_not_greedy, 2, &out).code(), Status::Code::kCorruption);
+  // Head carries 5 but the block after it is not full.
+  uint8_t back_head_early[2] = {format::kMetaBackHead + 5, format::kMetaTailBit | 7};
+  EXPECT_EQ(DecodeSlot(back_head_early, 2, &out).code(), Status::Code::kCorruption);
   uint8_t unwritten_with_tail[2] = {0, format::kMetaTailBit};
   EXPECT_EQ(DecodeSlot(unwritten_with_tail, 2, &out).code(), Status::Code::kCorruption);
   uint8_t not_greedy[2] = {3, format::kMetaTailBit | 5};  // head should be 8

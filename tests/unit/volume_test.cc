@@ -193,6 +193,57 @@ TEST_F(VolumeTest, RecompressingShrinksPayloadAndPunchesTail) {
   EXPECT_EQ(counting_->discarded - before, (32 - used) * kBlockSize);
 }
 
+// An overwrite of a committed compressed extent goes to the free back (or
+// front) of its place, beside the payload the on-disk metadata describes,
+// so it needs no undo record; a raw overwrite still does.
+TEST_F(VolumeTest, CommittedExtentIsOverwrittenBesideItselfWithoutUndo) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
+  Open();
+  const size_t len = 128 * 1024;
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
+    auto text = Data(DataKind::kText, len, seed);
+    ASSERT_TRUE(vol_->Write(0, text.data(), len, false).ok());
+    ASSERT_TRUE(vol_->Flush().ok());
+    EXPECT_EQ(ReadAll(0, len), text);
+    std::vector<ExtentInfo> map;
+    vol_->ForEachExtent([&](const ExtentInfo& e) {
+      if (e.head_block == 0) map.push_back(e);
+    });
+    ASSERT_EQ(map.size(), 1u);
+    EXPECT_EQ(map[0].kind, ExtentInfo::Kind::kCompressed);
+    // Fresh space first, then alternately the back and the front.
+    EXPECT_EQ(map[0].payload_start, seed % 2 == 1 ? 0 : 256 - map[0].payload_sectors) << seed;
+  }
+  EXPECT_EQ(vol_->Stats().undo_records, 0u);
+  // The old payloads' units were discarded after the commits that freed them.
+  EXPECT_GT(counting_->discarded, 0u);
+  auto rnd = Data(DataKind::kRandom, len, 9);
+  ASSERT_TRUE(vol_->Write(0, rnd.data(), len, false).ok());
+  EXPECT_EQ(vol_->Stats().undo_records, 1u);
+  EXPECT_EQ(ReadAll(0, len), rnd);
+  ASSERT_TRUE(vol_->Close().ok());
+  vol_.reset();
+  Open();
+  EXPECT_EQ(ReadAll(0, len), rnd);
+}
+
+// A volume formatted without the back-payload feature is never given one.
+TEST_F(VolumeTest, VolumeWithoutBackPayloadFeatureUndoLogsOverwrites) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
+  format::Superblock sb;
+  SuperblockSource source;
+  ASSERT_TRUE(ReadSuperblock(&mem_, &sb, &source, nullptr).ok());
+  sb.incompat = 0;
+  ASSERT_TRUE(WriteSuperblocks(&mem_, &sb).ok());
+  Open();
+  auto a = Data(DataKind::kText, 4096, 1), b = Data(DataKind::kText, 4096, 2);
+  ASSERT_TRUE(vol_->Write(0, a.data(), a.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  ASSERT_TRUE(vol_->Write(0, b.data(), b.size(), false).ok());
+  EXPECT_EQ(vol_->Stats().undo_records, 1u);
+  EXPECT_EQ(ReadAll(0, b.size()), b);
+}
+
 TEST_F(VolumeTest, CorruptPayloadIsAnErrorNeverGarbage) {
   Open();
   auto text = Data(DataKind::kText, 32 * 1024);
