@@ -83,8 +83,13 @@ proc_cpu_s() {
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
 
-# R, S, D, Z, ... or nothing once the process is gone.
-proc_state() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1; }
+# R, S, D, Z, ... or nothing once the process is gone (bash reaps its
+# exited children by itself, so a server that has exited is usually gone).
+proc_state() {
+  local stat
+  stat=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || return 0
+  echo "${stat%% *}"
+}
 
 proc_hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
@@ -224,18 +229,31 @@ probe_read() {
     --size=4k --output="$WORK/probe.json" --output-format=json >/dev/null 2>&1
 }
 
-# SIGTERM, then SIGKILL if the process has not exited after 60 s.
+# SIGTERM, then SIGKILL if the process has not exited after 60 s.  Polls
+# instead of running a timer process, so nothing is left behind.
 stop_pid() {
-  local pid=$1 killer
+  local pid=$1 state
   kill "$pid" 2>/dev/null || return 0
-  (
-    sleep 60
-    kill -KILL "$pid" 2>/dev/null
-  ) &
-  killer=$!
+  for _ in $(seq 1200); do
+    state=$(proc_state "$pid")
+    [[ -n $state && $state != [ZX] ]] || break
+    sleep 0.05
+  done
+  if [[ -n $state && $state != [ZX] ]]; then
+    log "process $pid ignored SIGTERM for 60 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
-  kill "$killer" 2>/dev/null || true
-  wait "$killer" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+# Drops a reaped process from PIDS, so the exit trap never signals a
+# process that has since reused its id.
+forget_pid() {
+  local i
+  for i in "${!PIDS[@]}"; do
+    if [[ ${PIDS[i]} == "$1" ]]; then unset 'PIDS[i]'; fi
+  done
 }
 
 # Stops the running target; sets PEAK_RSS_KIB and SERVER_CPU_S (taken just

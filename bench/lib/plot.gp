@@ -17,5 +17,9 @@ set grid ytics
 set key outside right top
 set yrange [0:*]
 set bmargin 7
-if (refline) set arrow from graph 0, first 1 to graph 1, first 1 nohead lc rgb "red" dt 2 lw 1.5
+if (refline) {
+  # Keep the parity line in view even when every bar is below it.
+  set yrange [0:1.1<*]
+  set arrow from graph 0, first 1 to graph 1, first 1 nohead lc rgb "red" dt 2 lw 1.5
+}
 plot for [i=2:ncols] datafile using i:xtic(1) title columnheader(i)
