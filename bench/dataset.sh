@@ -60,7 +60,7 @@ build_image() {
 
 # The backing file's size: the image's, plus room for insitu's metadata.
 backing_size() {
-  if [[ $(target_kind "$1") == insitu ]]; then
+  if is_insitu "$1"; then
     echo $((IMAGE_BYTES + (64 << 20)))
   else
     echo "$IMAGE_BYTES"
@@ -72,7 +72,6 @@ copy_into() {
   local logical payload meta ratio
   target_create "$name" "$file" "$(backing_size "$name")"
   target_start "$name" "$file"
-  [[ $name != fio-raw ]] || die "fio-raw is not an NBD target"
   size=$(nbdinfo --size "$URI")
   ((size >= IMAGE_BYTES)) || die "$name exports $size bytes, less than the image"
   if [[ -n $SERVER_PID ]]; then cpu0=$(proc_cpu_s "$SERVER_PID"); fi
@@ -81,7 +80,7 @@ copy_into() {
   t1=$(now)
   if [[ -n $SERVER_PID ]]; then cpu1=$(proc_cpu_s "$SERVER_PID"); fi
   target_stop "$file"
-  if [[ $(target_kind "$name") == insitu ]]; then counters=$(insitu_counters "$file"); fi
+  if is_insitu "$name"; then counters=$(insitu_counters "$file"); fi
   read -r logical payload meta ratio <<<"$counters" || true  # empty for peers
   secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
   csv_row "$name" "$NOTE" "$SOURCE" "$IMAGE_BYTES" "$IMAGE_ALLOC" "$NONZERO" "$secs" \
@@ -97,6 +96,9 @@ main() {
   bench_init "${1:-}"
   ensure_tools nbdcopy:libnbd-bin nbdinfo:libnbd-bin nbdkit:nbdkit mkfs.ext4:e2fsprogs \
     taskset:util-linux
+  # shellcheck disable=SC2086  # the list is words
+  check_targets $BENCH_DATASET_TARGETS
+  [[ " $BENCH_DATASET_TARGETS " != *" fio-raw "* ]] || die "fio-raw has no NBD server to copy into"
   rm -f "$OUT/dataset.csv" "$OUT/dataset.md"
   prepare_image
   echo "target,note,source,image_bytes,image_alloc_bytes,nonzero_bytes,seconds,mbps,server_cpu_s,peak_rss_kib,logical_bytes,payload_bytes,meta_bytes,compression_ratio,alloc_bytes" \

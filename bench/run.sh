@@ -51,8 +51,11 @@ configure() {
   : "${BENCH_SECONDS:=8}" "${BENCH_ROUNDS:=3}" "${BENCH_SIZE:=1G}" "${BENCH_RANGE:=512M}"
   : "${BENCH_TARGETS:=$ALL_TARGETS}" "${BENCH_WORKLOADS:=$ALL_WORKLOADS}"
   : "${BENCH_DEPTHS:=1 16}" "${BENCH_CONNS:=1 4}" "${BENCH_MICRO_MIN_TIME:=0.5}"
+  # shellcheck disable=SC2086  # the lists are words
+  check_targets $BENCH_TARGETS
+  local c wl
+  for wl in $BENCH_WORKLOADS; do workload_args "$wl"; done  # dies on an unknown one
   RANGE_BYTES=$(bytes_of "$BENCH_RANGE")
-  local c
   for c in $BENCH_CONNS; do
     # Each connection gets a whole number of 128 KiB extents of the range.
     ((RANGE_BYTES % (c * 131072) == 0)) || die "BENCH_RANGE must split into $c x 128 KiB"
@@ -231,7 +234,7 @@ run_target_round() {
     done
   done
   target_stop "$file"
-  if [[ $(target_kind "$name") == insitu ]]; then counters=$(insitu_counters "$file"); fi
+  if is_insitu "$name"; then counters=$(insitu_counters "$file"); fi
   read -r logical payload meta ratio <<<"$counters" || true  # empty for peers
   alloc=""
   if [[ $name != nbdkit-memory ]]; then alloc=$(alloc_bytes "$file"); fi  # else: in RAM

@@ -36,6 +36,7 @@ bench_init() {
   PY=/usr/bin/python3
   [[ -x $PY ]] || PY=python3
   trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM  # so the EXIT trap runs on Ctrl-C and kill too
 }
 
 bench_cleanup() {
@@ -105,6 +106,18 @@ target_kind() {
   esac
 }
 
+is_insitu() { [[ $1 == insitu-* ]]; }
+
+# Dies on an unknown target name.  Runs in the main shell, not in a command
+# substitution (where die would end only the subshell), before any work.
+check_targets() {
+  local name
+  for name in "$@"; do
+    target_kind "$name" >/dev/null
+    if is_insitu "$name"; then insitu_format_args "$name" >/dev/null; fi
+  done
+}
+
 # insitu-zstd1-wt-4k -> "--compress zstd:1 --meta writethrough --extent-max 4K"
 insitu_format_args() {
   local codec mode rest
@@ -131,11 +144,12 @@ insitu_format_args() {
 # Creates the backing file of target $1 at $2, of $3 bytes (a raw file or
 # an insitu volume; for nbdkit-memory a file holding just the size).
 target_create() {
-  local name=$1 file=$2 size=$3
+  local name=$1 file=$2 size=$3 opts
   case $(target_kind "$name") in
     insitu)
-      # shellcheck disable=SC2046  # the format options are words
-      "$BUILD/insitu" format -q --size "$size" $(insitu_format_args "$name") "$file"
+      opts=$(insitu_format_args "$name")
+      # shellcheck disable=SC2086  # the format options are words
+      "$BUILD/insitu" format -q --size "$size" $opts "$file"
       ;;
     nbdkit-memory) echo "$size" >"$file" ;;  # the data lives in nbdkit: keep the size
     *) truncate -s "$size" "$file" ;;
