@@ -479,7 +479,12 @@ def gnuplot(out, dat, png, title, ylabel, ncols, refline):
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plot.gp")
     args = (f"datafile='{dat}'; outfile='{png}'; plottitle='{title}'; ylab='{ylabel}'; "
             f"ncols={ncols}; refline={refline}")
-    subprocess.run(["gnuplot", "-e", args, script], check=True)
+    try:
+        subprocess.run(["gnuplot", "-e", args, script], check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        # The tables matter more than the pictures: report and go on.
+        print(f"report.py: no plot {os.path.basename(png)}: {e}", file=sys.stderr)
+        return None
     return os.path.basename(png)
 
 
@@ -527,8 +532,9 @@ def cmd_results(out):
         parts += [workload_tables(m), peer_summary(m),
                   resource_table(m, target_rows, run_rows, range_bytes),
                   streaming_table(m, micro)]
-        pngs = plots(m, out)
-        parts.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in pngs) + "\n")
+        pngs = [p for p in plots(m, out) if p]
+        if pngs:
+            parts.append("## Plots\n\n" + "\n".join(f"![{p}]({p})" for p in pngs) + "\n")
     parts.append(micro_tables(micro))
     ds = dataset_rows(out)
     if ds:
