@@ -224,7 +224,7 @@ run_target_round() {
     target_create "$name" "$file" "$BENCH_SIZE"
     fresh=1
   fi
-  [[ $name == nbdkit-memory ]] && fresh=1  # starts empty every time
+  if [[ $name == nbdkit-memory ]]; then fresh=1; fi  # starts empty every time
   target_start "$name" "$file"
   fio_io_args "$name"
   if [[ $fresh == 1 ]]; then fill_target; fi
