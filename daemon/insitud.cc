@@ -298,8 +298,9 @@ int Main(int argc, char** argv) {
   app.add_flag("-r,--readonly", args.read_only, "Open the volume read-only; writes get EPERM");
   app.add_option("-c,--control", args.control,
                  "Unix socket (mode 0600) answering \"status\" with live counters as JSON");
-  app.add_option("-t,--threads", args.threads,
-                 "Worker threads; 0 means 16, or 4 per CPU if that is more")
+  app.add_option(
+         "-t,--threads", args.threads,
+         "Worker threads; 0 means 4 per usable CPU (at least 4), or at least 16 with direct I/O")
       ->default_val(0)
       ->check(CLI::Range(0, 1024));
   app.add_option("--pidfile", args.pidfile, "Write the daemon's process id to this file");
@@ -340,6 +341,7 @@ int Main(int argc, char** argv) {
     Say(st.message());  // names the path already
     return kExitError;
   }
+  const bool direct_io = file->uses_direct_io();
   const std::string found = ProbeExisting(file.get());
   if (!found.starts_with("an insitu volume")) {
     Say(args.target + ": not an insitu volume" +
@@ -365,7 +367,7 @@ int Main(int argc, char** argv) {
   server_opts.export_name = args.export_name;
   server_opts.description = "insitu volume (" + codec + ", " + meta + ")";
   server_opts.read_only = args.read_only;
-  server_opts.threads = args.threads;
+  server_opts.threads = args.threads != 0 ? args.threads : DefaultWorkerThreads(direct_io);
   server_opts.log = Say;
   NbdServer server(vol.get(), server_opts);
   for (const std::string& spec : args.listen) {

@@ -77,7 +77,7 @@ struct NbdServerOptions {
   std::string export_name;
   std::string description;                    // shown by `nbdinfo` and in NBD_OPT_LIST
   bool read_only = false;                     // advertise READ_ONLY; writes get EPERM
-  unsigned threads = 0;                       // worker threads; 0 = max(16, 4 per CPU)
+  unsigned threads = 0;                       // worker threads; 0 = DefaultWorkerThreads(false)
   uint64_t max_inflight_bytes = 64ull << 20;  // per connection
   unsigned max_connections = 1024;            // more are closed at once
   // Receives one line per noteworthy event (a client broke the protocol, a
@@ -93,6 +93,11 @@ struct NbdServerCounters {
   uint64_t bytes_read = 0;      // bytes clients read (successful NBD_CMD_READ)
   uint64_t bytes_written = 0;   // bytes clients wrote (successful NBD_CMD_WRITE)
 };
+
+// Worker threads for a device whose I/O mostly does not block (page cache)
+// or mostly does (direct I/O): a few per CPU the process may run on, or
+// enough to keep a device queue busy.
+unsigned DefaultWorkerThreads(bool blocking_device);
 
 class NbdServer {
  public:

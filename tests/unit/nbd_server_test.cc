@@ -806,7 +806,9 @@ TEST(NbdServerTest, SurvivesMalformedRequests) {
   {
     RawClient c(harness.sock);
     ASSERT_TRUE(c.EnterTransmission());
-    ASSERT_TRUE(c.Bytes(RandomBytes(100000, 5)).Flush());
+    // Garbage instead of a request header.  The server may close before the
+    // client has sent it all, so the send itself may fail.
+    (void)c.Bytes(RandomBytes(100000, 5)).Flush();
     EXPECT_TRUE(c.ClosedByServer());
   }
   harness.ExpectHealthy();
