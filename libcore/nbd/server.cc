@@ -27,6 +27,7 @@
 #include <thread>
 #include <utility>
 
+#include "libcore/nbd/buffer_pool.h"
 #include "libcore/nbd/protocol.h"
 
 namespace insitu {
@@ -46,7 +47,6 @@ constexpr size_t kMaxBlockStatusDescriptors = 1 << 16;
 constexpr uint64_t kBlockStatusCharge = 8 * kMaxBlockStatusDescriptors + 64;
 constexpr uint32_t kAllocationContextId = 1;
 constexpr int kSendTimeoutSeconds = 60;
-constexpr size_t kDataAlignment = 4096;
 
 class UniqueFd {
  public:
@@ -65,18 +65,9 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-// Payload buffers are page aligned so that a device doing O_DIRECT can use
-// them without a bounce copy.
-struct FreeDeleter {
-  void operator()(uint8_t* p) const { std::free(p); }
-};
-using DataBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
+using nbd::DataBuffer;
 
-DataBuffer AllocateData(size_t len) {
-  const size_t rounded =
-      (std::max<size_t>(len, 1) + kDataAlignment - 1) / kDataAlignment * kDataAlignment;
-  return DataBuffer(static_cast<uint8_t*>(std::aligned_alloc(kDataAlignment, rounded)));
-}
+DataBuffer AllocateData(size_t len) { return nbd::BufferPool::Shared().Take(len); }
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
