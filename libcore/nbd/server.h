@@ -3,9 +3,11 @@
 //
 // Threads.  Run() accepts connections on the calling thread.  Each
 // connection gets a reader thread that does the handshake and then parses
-// requests; requests run on a worker pool shared by all connections
-// (`threads` workers) and are answered in completion order, not request
-// order, as the protocol allows.  Replies of one connection are written by
+// requests (one recv() takes in every request the client has pipelined, up
+// to 256 KiB; larger payloads are received straight into their buffer);
+// requests run on a worker pool shared by all connections (`threads`
+// workers) and are answered in completion order, not request order, as the
+// protocol allows.  Payload buffers come from nbd::BufferPool.  Replies of one connection are written by
 // whichever worker holds that connection's send role: a worker that finds
 // another one writing leaves its reply in the queue and returns to the pool,
 // so a slow client occupies at most one worker at a time.
