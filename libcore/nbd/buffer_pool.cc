@@ -21,6 +21,12 @@ void PoolDeleter::operator()(uint8_t* p) const {
   }
 }
 
+BufferPool::~BufferPool() {
+  for (std::vector<uint8_t*>& list : free_) {
+    for (uint8_t* p : list) std::free(p);
+  }
+}
+
 BufferPool& BufferPool::Shared() {
   // Never destroyed: buffers held by threads that outlive main() must still
   // find it.

@@ -42,6 +42,12 @@ class BufferPool {
   static constexpr unsigned kClasses = 9;  // 4 KiB .. 1 MiB
   static constexpr size_t kMaxCachedBytes = 32u << 20;
 
+  BufferPool() = default;
+  // Frees the cached buffers; every buffer taken must have come back.
+  ~BufferPool();
+  BufferPool(const BufferPool&) = delete;
+  BufferPool& operator=(const BufferPool&) = delete;
+
   // The process-wide pool.
   static BufferPool& Shared();
 
