@@ -13,7 +13,8 @@
 // the two (the BlockDevice contract leaves overlapping writes unordered).
 //
 // FUA writes carry RWF_DSYNC; Flush() is an fdatasync (IORING_OP_FSYNC with
-// IORING_FSYNC_DATASYNC).
+// IORING_FSYNC_DATASYNC).  Buffered (page cache) writes use pwritev2 on the
+// calling thread: io_uring would hand each to a kernel worker thread.
 //
 // Discard(): a file gets FALLOC_FL_PUNCH_HOLE (the space really returns to
 // the file system, and the range reads back zeros; where holes are not
