@@ -108,7 +108,7 @@ SectorSet PlacePayloads(std::vector<NewExtent>* extents, const SectorSet& protec
     e.back = false;
     if (back_allowed && e.compressed() && CanPlaceBack(e.nblocks, e.sectors) &&
         (e.Sectors() & protect).any()) {
-      e.back = true;
+      e.back = true;  // the front is protected: try the back
       if ((e.Sectors() & protect).any()) e.back = false;
     }
     writes |= e.Sectors();
@@ -286,9 +286,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   uint32_t new_used = 0;
   for (const NewExtent& e : extents) {
     EncodeExtent(e.nblocks, e.sectors, entries + e.first, e.back);
-    const uint32_t unit = e.start() / kSectorsPerBlock;
-    new_used |=
-        UnitMask(unit, (e.start() + e.sectors + kSectorsPerBlock - 1) / kSectorsPerBlock - unit);
+    new_used |= SlotExtent{e.first, e.nblocks, e.sectors, false, e.back}.used_units();
   }
 
   uint8_t* saved = scratch.undo.data() + kSectorSize;

@@ -61,30 +61,32 @@ const char* Env(const char* name) {
   return v != nullptr && *v != '\0' ? v : nullptr;
 }
 
-DataSet RealData() {
-  DataSet d{"real", "", {}};
-  if (const char* path = Env("INSITU_MICRO_DATA")) {
+// The data set `name`: the file named by the environment variable `env`,
+// or else `fallback()` (described by `fallback_source`).
+template <typename Fallback>
+DataSet LoadDataSet(const char* name, const char* env, const char* fallback_source,
+                    Fallback fallback) {
+  DataSet d{name, "", {}};
+  if (const char* path = Env(env)) {
     d.source = path;
     d.bytes = ReadFile(path, kMaxFileBytes);
   } else {
-    d.source = "/usr/include (first 8 MiB, sorted)";
-    d.bytes = ConcatenateTree("/usr/include", kDefaultSize);
+    d.source = fallback_source;
+    d.bytes = fallback();
   }
   TrimToChunks(&d.bytes, d.source);
   return d;
 }
 
+DataSet RealData() {
+  return LoadDataSet("real", "INSITU_MICRO_DATA", "/usr/include (first 8 MiB, sorted)",
+                     [] { return ConcatenateTree("/usr/include", kDefaultSize); });
+}
+
 DataSet FioData() {
-  DataSet d{"fio", "", {}};
-  if (const char* path = Env("INSITU_MICRO_FIO_DATA")) {
-    d.source = path;
-    d.bytes = ReadFile(path, kMaxFileBytes);
-  } else {
-    d.source = "built in: 40 % random bytes then zeros per 4 KiB";
-    d.bytes = FioLikeBytes(kDefaultSize, 1);
-  }
-  TrimToChunks(&d.bytes, d.source);
-  return d;
+  return LoadDataSet("fio", "INSITU_MICRO_FIO_DATA",
+                     "built in: 40 % random bytes then zeros per 4 KiB",
+                     [] { return FioLikeBytes(kDefaultSize, 1); });
 }
 
 }  // namespace
