@@ -109,7 +109,7 @@ Status UndoJournal::Write(uint64_t ticket, const UndoSpec& spec, uint64_t record
   std::memcpy(buf, &r, sizeof(r));
   const uint64_t bytes = RecordBytes(spec.data_sectors);
   INSITU_RETURN_IF_ERROR(
-      dev_->Write(RingOffset(ticket), buf, bytes, true).Annotate("writing undo record"));
+      dev_->Write(RingOffset(ticket), buf, bytes, false).Annotate("writing undo record"));
   bytes_written_ += bytes;
   return Status::OK();
 }

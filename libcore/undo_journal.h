@@ -3,8 +3,10 @@
 //
 // Life of a record: the write path Reserve()s space for it (while it holds
 // the metadata page's mutex, so no commit can snapshot the page in
-// between), writes it with Write() (FUA: durable before the in-place
-// overwrite it protects may start), overwrites, and stores the new metadata.
+// between), writes it with Write(), queues the in-place overwrite it
+// protects in DeferredWrites (whose drain flushes the device before the
+// overwrite is written, so the record is durable first), and stores the
+// new metadata.
 // A commit makes the records reserved before it started void, because every
 // page they name is then on disk at a newer sequence; CommitStarted() and
 // CommitFinished() tell the ring which space that frees.  Space still needed
@@ -48,7 +50,8 @@ class UndoJournal {
   // Reserves ring space for a record; *ticket identifies it.  kBusy when the
   // space is still needed by records since the last finished commit.
   Status Reserve(uint32_t data_sectors, uint64_t* ticket);
-  // Writes the record (FUA) into its reserved space.  buf must hold
+  // Writes the record (not durable until the next device flush) into its
+  // reserved space.  buf must hold
   // RecordBytes() bytes, aligned, with the saved bytes from its second
   // sector on; the first sector is filled in here.
   Status Write(uint64_t ticket, const UndoSpec& spec, uint64_t record_seq, uint8_t* buf);

@@ -44,6 +44,7 @@ InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superbloc
       codec(std::move(c)),
       meta(dev.get(), sb),
       journal(dev.get(), sb),
+      deferred(dev.get(), DeferredDrainBytes(s)),
       read_only(opts.read_only),
       back_payloads((sb.incompat & format::kIncompatBackPayloads) != 0),
       log(opts.log ? opts.log : [](const std::string& line) { std::cerr << line << "\n"; }) {
@@ -81,12 +82,12 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
   }
   Status st;
   if (e.raw()) {
-    st = dev->Read(BlockOffset(from), out, bytes);
+    st = deferred.Read(BlockOffset(from), out, bytes);
   } else {
     ReadScratch& scratch = GetReadScratch();
     const uint32_t payload_bytes = e.sectors * format::kSectorSize;
-    st = dev->Read(BlockOffset(head) + uint64_t{e.payload_start()} * format::kSectorSize,
-                   scratch.payload.data(), payload_bytes);
+    st = deferred.Read(BlockOffset(head) + uint64_t{e.payload_start()} * format::kSectorSize,
+                       scratch.payload.data(), payload_bytes);
     format::PayloadTrailer trailer;
     if (st.ok()) {
       st = OpenPayload(scratch.payload.data(), e.sectors,
@@ -287,7 +288,7 @@ Status InsituVolume::Read(uint64_t offset, void* buf, size_t len) {
       } else if (e.bad) {
         return v.ReadExtentBlocks(slot_first, e, 0, 0, nullptr);
       } else if (e.raw()) {
-        Status st = v.dev->Read(v.sb.data_offset + lo, dst, hi - lo);
+        Status st = v.deferred.Read(v.sb.data_offset + lo, dst, hi - lo);
         if (!st.ok()) {
           v.read_errors.fetch_add(1);
           return st;

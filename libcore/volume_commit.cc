@@ -3,7 +3,9 @@
 // A commit makes the metadata on disk catch up with memory:
 //   1. note the undo journal's head (records before it become void);
 //   2. snapshot every dirty metadata page (waiting for writes pinned on it);
-//   3. flush the device: every payload the snapshots refer to is durable;
+//   3. drain the deferred overwrites (a flush makes their undo records
+//      durable, then they are written), and flush the device: every
+//      payload the snapshots refer to is durable;
 //   4. write the snapshots (each to its page's other slot), flush again.
 // Because of 3, a metadata page on disk never refers to a payload that might
 // not be durable; because of the two slots, a torn page write leaves the
@@ -48,7 +50,9 @@ Status InsituVolume::Impl::RunCommit() {
   for (uint64_t page : meta.DirtyPages()) {
     if (meta.SnapshotPage(page)) pages.push_back(page);
   }
-  Status st = dev->Flush().Annotate("flushing data before a metadata commit");
+  // The snapshots may refer to overwrites still queued.
+  Status st = deferred.Drain();
+  if (st.ok()) st = dev->Flush().Annotate("flushing data before a metadata commit");
   for (uint64_t page : pages) {
     if (st.ok()) st = meta.WriteSnapshot(page);
   }

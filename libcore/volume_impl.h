@@ -2,6 +2,7 @@
 // write path (volume_write.cc).  Not a public header.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "libcore/codec.h"
+#include "libcore/deferred_writes.h"
 #include "libcore/extent_lock.h"
 #include "libcore/extent_map.h"
 #include "libcore/format.h"
@@ -84,6 +86,9 @@ class InsituVolume::Impl {
   std::unique_ptr<Codec> codec;
   MetaBitmap meta;
   UndoJournal journal;
+  // Overwrites waiting for their undo records to be durable.  Every read of
+  // the data area goes through deferred.Read().
+  DeferredWrites deferred;
   ExtentLock locks;
   const bool read_only;
   // The volume allows compressed payloads at the back of their place.
@@ -106,6 +111,15 @@ class InsituVolume::Impl {
   std::atomic<uint64_t> next_seq{0};
   std::atomic<uint64_t> seq_limit{0};  // changed only under sb_mu
   static constexpr uint64_t kSeqReservation = uint64_t{1} << 24;
+  // Queued overwrites above which a writer drains them: bounds the memory
+  // they hold (and so the daemon's RSS) while amortizing one flush over
+  // many overwrites.  A quarter of the journal ring, which frees its space
+  // only at commits anyway, and never more than 8 MiB.
+  static uint64_t DeferredDrainBytes(const format::Superblock& sb) {
+    return std::min<uint64_t>(
+        uint64_t{8} << 20,
+        (sb.journal_bytes - format::kJournalHeaderSlots * format::kBlockSize) / 4);
+  }
 
   std::mutex commit_mu;
   std::condition_variable commit_cv;

@@ -12,10 +12,14 @@
 //     unwritten (no payload at all);
 //  5. pin the metadata page and find the data sectors that a copy of the
 //     metadata on disk still refers to ("protected"); if the new payloads
-//     overlap them, save those sectors' current bytes in an undo record and
-//     make it durable first — so a crash at any point can put back exactly
-//     what the metadata on disk describes;
-//  6. write the payloads in place, store the new entries, unpin;
+//     overlap them, save those sectors' current bytes in an undo record,
+//     which must be durable before the overwrite reaches the disk — so a
+//     crash at any point can put back exactly what the metadata on disk
+//     describes;
+//  6. write the payloads in place — or, when they overwrite protected
+//     sectors (or sectors with overwrites still queued), queue them in
+//     DeferredWrites, whose next drain flushes the undo records first and
+//     then writes them — store the new entries, unpin;
 //  7. queue the 4 KiB units the old extents used and the new ones do not
 //     for discard after the next commit.
 // The ExtentLock is held exclusively over the request's lock units for the
@@ -83,16 +87,23 @@ struct NewExtent {
   uint32_t sectors;  // payload sectors (8 * nblocks when raw)
   const uint8_t* bytes;
   bool back = false;  // compressed payload placed at the back of its place
+  // A raw extent that replaces an identical raw extent keeps the blocks
+  // the request left unchanged where they are: only blocks
+  // [first + keep_front, first + nblocks - keep_back) are written.
+  uint32_t keep_front = 0, keep_back = 0;
 
   uint32_t place_sectors() const { return nblocks * kSectorsPerBlock; }
   bool compressed() const { return sectors < place_sectors(); }
-  // Slot-relative sector where the payload starts.
+  // Slot-relative sector where the bytes to write start, and how many.
   uint32_t start() const {
-    return first * kSectorsPerBlock + (back ? place_sectors() - sectors : 0);
+    if (back) return first * kSectorsPerBlock + place_sectors() - sectors;
+    return (first + keep_front) * kSectorsPerBlock;
   }
+  uint32_t write_sectors() const { return sectors - (keep_front + keep_back) * kSectorsPerBlock; }
+  const uint8_t* write_bytes() const { return bytes + size_t{keep_front} * kBlockSize; }
   SectorSet Sectors() const {
     SectorSet set;
-    for (uint32_t s = start(); s < start() + sectors; ++s) set.set(s);
+    for (uint32_t s = start(); s < start() + write_sectors(); ++s) set.set(s);
     return set;
   }
 };
@@ -128,21 +139,35 @@ class SlotRewrite {
 
  private:
   Status LoadOldContents(const std::vector<SlotExtent>& old, uint32_t m0, uint32_t b_lo,
-                         uint32_t b_hi, uint64_t lo, uint64_t hi, uint8_t* merged);
+                         uint32_t b_hi, uint64_t lo, uint64_t hi, bool edges_only, uint8_t* merged);
+  // The new extents of [m0, m1): the request's bytes over the old contents,
+  // cut at zero blocks and compressed.
+  Status NewExtents(const std::vector<SlotExtent>& touched, uint32_t m0, uint32_t m1, uint32_t b_lo,
+                    uint32_t b_hi, uint64_t lo, uint64_t hi, const uint8_t* src,
+                    std::vector<NewExtent>* out);
+  // With codec none, a write inside one raw extent that turns no block to
+  // zeros leaves the extent as it is: only the request's blocks are read
+  // (its partial edges), merged and written.  False when that does not
+  // apply (or a read failed: the general path then reports it).
+  bool RewriteRawInPlace(const std::vector<SlotExtent>& touched, uint32_t m0, uint32_t b_lo,
+                         uint32_t b_hi, uint64_t lo, uint64_t hi, const uint8_t* src,
+                         std::vector<NewExtent>* out);
   Status Compress(const uint8_t* data, uint32_t first, uint32_t n, uint8_t** payload_cursor,
                   NewExtent* out);
-  Status WritePayloads(const std::vector<NewExtent>& extents);
+  Status WritePayloads(const std::vector<NewExtent>& extents, bool defer);
 
   InsituVolume::Impl& v_;
   const uint64_t slot_first_;
 };
 
 Status SlotRewrite::LoadOldContents(const std::vector<SlotExtent>& old, uint32_t m0, uint32_t b_lo,
-                                    uint32_t b_hi, uint64_t lo, uint64_t hi, uint8_t* merged) {
-  // Blocks whose old bytes survive: outside [b_lo, b_hi), or the partly
-  // covered first and last blocks of the request.
+                                    uint32_t b_hi, uint64_t lo, uint64_t hi, bool edges_only,
+                                    uint8_t* merged) {
+  // Blocks whose old bytes survive: outside [b_lo, b_hi) (unless only the
+  // edges are wanted), or the partly covered first and last blocks of the
+  // request.
   auto needs_old = [&](uint32_t b) {
-    return b < b_lo || b >= b_hi || (b == b_lo && lo % kBlockSize != 0) ||
+    return (!edges_only && (b < b_lo || b >= b_hi)) || (b == b_lo && lo % kBlockSize != 0) ||
            (b == b_hi - 1 && hi % kBlockSize != 0);
   };
   for (const SlotExtent& e : old) {
@@ -157,6 +182,82 @@ Status SlotRewrite::LoadOldContents(const std::vector<SlotExtent>& old, uint32_t
     INSITU_RETURN_IF_ERROR(v_.ReadExtentBlocks(slot_first_, e, slot_first_ + first,
                                                slot_first_ + last + 1,
                                                merged + size_t{first - m0} * kBlockSize));
+  }
+  return Status::OK();
+}
+
+bool SlotRewrite::RewriteRawInPlace(const std::vector<SlotExtent>& touched, uint32_t m0,
+                                    uint32_t b_lo, uint32_t b_hi, uint64_t lo, uint64_t hi,
+                                    const uint8_t* src, std::vector<NewExtent>* out) {
+  if (src == nullptr || v_.codec->id() != CodecId::kNone || touched.size() != 1 ||
+      !touched[0].raw()) {
+    return false;
+  }
+  const SlotExtent& o = touched[0];
+  uint8_t* merged = GetWriteScratch().merged.data();
+  if (!LoadOldContents(touched, m0, b_lo, b_hi, lo, hi, true, merged).ok()) return false;
+  std::memcpy(merged + (lo - uint64_t{m0} * kBlockSize), src, hi - lo);
+  for (uint32_t b = b_lo; b < b_hi; ++b) {
+    if (IsZeroBlock(merged + size_t{b - m0} * kBlockSize)) return false;  // the extent splits
+  }
+  NewExtent ne{o.first, o.nblocks, o.nblocks * kSectorsPerBlock,
+               merged + size_t{o.first - m0} * kBlockSize};
+  ne.keep_front = b_lo - o.first;
+  ne.keep_back = o.first + o.nblocks - b_hi;
+  out->assign(1, ne);
+  return true;
+}
+
+Status SlotRewrite::NewExtents(const std::vector<SlotExtent>& touched, uint32_t m0, uint32_t m1,
+                               uint32_t b_lo, uint32_t b_hi, uint64_t lo, uint64_t hi,
+                               const uint8_t* src, std::vector<NewExtent>* out) {
+  // The new contents of [m0, m1).  A block-aligned write covering whole
+  // extents is compressed straight from the caller's buffer.
+  WriteScratch& scratch = GetWriteScratch();
+  const bool direct =
+      src != nullptr && lo % kBlockSize == 0 && hi % kBlockSize == 0 && m0 == b_lo && m1 == b_hi;
+  const uint8_t* data;
+  if (direct) {
+    data = src;
+  } else {
+    uint8_t* merged = scratch.merged.data();
+    INSITU_RETURN_IF_ERROR(LoadOldContents(touched, m0, b_lo, b_hi, lo, hi, false, merged));
+    uint8_t* at = merged + (lo - uint64_t{m0} * kBlockSize);
+    if (src != nullptr) {
+      std::memcpy(at, src, hi - lo);
+    } else {
+      std::memset(at, 0, hi - lo);
+    }
+    data = merged;
+  }
+
+  // New extents: maximal runs of non-zero blocks, compressed.
+  auto is_zero = [&](uint32_t b) {
+    const bool fully_zeroed =
+        src == nullptr && uint64_t{b} * kBlockSize >= lo && uint64_t{b + 1} * kBlockSize <= hi;
+    return fully_zeroed || IsZeroBlock(data + size_t{b - m0} * kBlockSize);
+  };
+  out->clear();
+  uint8_t* cursor = scratch.payloads.data();
+  for (uint32_t b = m0; b < m1;) {
+    if (is_zero(b)) {
+      ++b;
+      continue;
+    }
+    uint32_t e = b + 1;
+    while (e < m1 && !is_zero(e)) ++e;
+    NewExtent ne;
+    INSITU_RETURN_IF_ERROR(Compress(data + size_t{b - m0} * kBlockSize, b, e - b, &cursor, &ne));
+    if (!ne.compressed()) {
+      for (const SlotExtent& o : touched) {
+        if (o.raw() && o.first == ne.first && o.nblocks == ne.nblocks) {
+          ne.keep_front = std::max(b_lo, ne.first) - ne.first;
+          ne.keep_back = ne.first + ne.nblocks - std::min(b_hi, ne.first + ne.nblocks);
+        }
+      }
+    }
+    out->push_back(ne);
+    b = e;
   }
   return Status::OK();
 }
@@ -180,13 +281,19 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
   return Status::OK();
 }
 
-Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents) {
+Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool defer) {
   for (const NewExtent& e : extents) {
-    const uint64_t head = slot_first_ + e.first;
-    Status st = v_.dev->Write(v_.BlockOffset(slot_first_) + uint64_t{e.start()} * kSectorSize,
-                              e.bytes, size_t{e.sectors} * kSectorSize, false);
-    if (!st.ok()) return st.Annotate("writing extent at block " + std::to_string(head));
-    v_.payload_written.fetch_add(uint64_t{e.sectors} * kSectorSize);
+    const uint64_t offset = v_.BlockOffset(slot_first_) + uint64_t{e.start()} * kSectorSize;
+    const size_t len = size_t{e.write_sectors()} * kSectorSize;
+    if (defer) {
+      v_.deferred.Add(offset, e.write_bytes(), len);
+    } else {
+      Status st = v_.dev->Write(offset, e.write_bytes(), len, false);
+      if (!st.ok()) {
+        return st.Annotate("writing extent at block " + std::to_string(slot_first_ + e.first));
+      }
+    }
+    v_.payload_written.fetch_add(len);
   }
   return Status::OK();
 }
@@ -209,45 +316,10 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     }
   }
 
-  // The new contents of [m0, m1).  A block-aligned write covering whole
-  // extents is compressed straight from the caller's buffer.
   WriteScratch& scratch = GetWriteScratch();
-  const bool direct =
-      src != nullptr && lo % kBlockSize == 0 && hi % kBlockSize == 0 && m0 == b_lo && m1 == b_hi;
-  const uint8_t* data;
-  if (direct) {
-    data = src;
-  } else {
-    uint8_t* merged = scratch.merged.data();
-    INSITU_RETURN_IF_ERROR(LoadOldContents(touched, m0, b_lo, b_hi, lo, hi, merged));
-    uint8_t* at = merged + (lo - uint64_t{m0} * kBlockSize);
-    if (src != nullptr) {
-      std::memcpy(at, src, hi - lo);
-    } else {
-      std::memset(at, 0, hi - lo);
-    }
-    data = merged;
-  }
-
-  // New extents: maximal runs of non-zero blocks, compressed.
-  auto is_zero = [&](uint32_t b) {
-    const bool fully_zeroed =
-        src == nullptr && uint64_t{b} * kBlockSize >= lo && uint64_t{b + 1} * kBlockSize <= hi;
-    return fully_zeroed || IsZeroBlock(data + size_t{b - m0} * kBlockSize);
-  };
   std::vector<NewExtent> extents;
-  uint8_t* cursor = scratch.payloads.data();
-  for (uint32_t b = m0; b < m1;) {
-    if (is_zero(b)) {
-      ++b;
-      continue;
-    }
-    uint32_t e = b + 1;
-    while (e < m1 && !is_zero(e)) ++e;
-    NewExtent ne;
-    INSITU_RETURN_IF_ERROR(Compress(data + size_t{b - m0} * kBlockSize, b, e - b, &cursor, &ne));
-    extents.push_back(ne);
-    b = e;
+  if (!RewriteRawInPlace(touched, m0, b_lo, b_hi, lo, hi, src, &extents)) {
+    INSITU_RETURN_IF_ERROR(NewExtents(touched, m0, m1, b_lo, b_hi, lo, hi, src, &extents));
   }
 
   // Pin the page and place the payloads; if they would still overwrite
@@ -289,9 +361,27 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     new_used |= SlotExtent{e.first, e.nblocks, e.sectors, false, e.back}.used_units();
   }
 
-  uint8_t* saved = scratch.undo.data() + kSectorSize;
-  if (span_hi > span_lo) {
-    Status st = v_.dev->Read(undo.data_offset, saved, size_t{undo.data_sectors} * kSectorSize);
+  // Overwrites of protected sectors wait in DeferredWrites for their undo
+  // record to be durable; so do all writes into a slot that has overwrites
+  // queued, or a drain could later land older bytes over them.  Only this
+  // request (it holds the slot's lock) can queue more for the slot.
+  const bool undo_needed = span_hi > span_lo;
+  const bool defer = undo_needed || v_.deferred.Overlaps(v_.BlockOffset(slot_first_),
+                                                         uint64_t{slot_n} * kBlockSize);
+  if (undo_needed) {
+    // The record must save the bytes on the device, which the on-disk
+    // metadata describes.  Where an overwrite is still queued they differ,
+    // and only that overwrite's own record (not durable yet either) holds
+    // the device's bytes: drain first, so that record is durable and the
+    // device current.  Only this request can queue more for the slot.
+    const size_t saved_len = size_t{undo.data_sectors} * kSectorSize;
+    Status st;
+    if (v_.deferred.Overlaps(undo.data_offset, saved_len)) {
+      st = v_.deferred.Drain();
+      if (!st.ok()) v_.Fail(st);
+    }
+    uint8_t* saved = scratch.undo.data() + kSectorSize;
+    if (st.ok()) st = v_.dev->Read(undo.data_offset, saved, saved_len);
     uint64_t seq = 0;
     if (st.ok()) st = v_.NextWriteSeq(&seq);
     if (st.ok()) st = v_.journal.Write(ticket, undo, seq, scratch.undo.data());
@@ -301,15 +391,8 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     }
     v_.undo_records.fetch_add(1);
   }
-  Status st = WritePayloads(extents);
+  Status st = WritePayloads(extents, defer);
   if (!st.ok()) {
-    // Put back what the metadata still describes, so the slot stays
-    // readable; if even that fails only recovery at the next open can.
-    if (span_hi > span_lo) {
-      Status restore =
-          v_.dev->Write(undo.data_offset, saved, size_t{undo.data_sectors} * kSectorSize, false);
-      if (!restore.ok()) v_.Fail(restore.Annotate("restoring a slot after a failed write"));
-    }
     v_.meta.Unpin(slot_first_, slot_n, nullptr);
     return st;
   }
@@ -339,6 +422,13 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   v_.payload_sectors += d_sectors;
   v_.blocks_bad += d_bad;
   if (const uint32_t freed = old_used & ~new_used; freed != 0) v_.QueueDiscard(slot_first_, freed);
+  if (defer && v_.deferred.ShouldDrain()) {
+    Status drained = v_.deferred.Drain();
+    if (!drained.ok()) {
+      v_.Fail(drained);
+      return drained;
+    }
+  }
   return Status::OK();
 }
 

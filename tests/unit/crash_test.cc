@@ -287,8 +287,7 @@ class CrashHarness {
       st = CheckVolume(std::make_unique<BorrowedDevice>(&mem), copts, &check);
       if (!st.ok() || check.ExitCode() != 0) {
         note("fsck -fn after recovery: exit " + std::to_string(check.ExitCode()) + " " +
-             st.ToString() +
-             (check.problems.empty() ? "" : ": " + check.problems.front().what));
+             st.ToString() + (check.problems.empty() ? "" : ": " + check.problems.front().what));
       }
     }
     if (bad == 0) return;
@@ -441,12 +440,10 @@ uint64_t SeedFor(const CrashConfig& cfg) {
 
 class CrashRules : public ::testing::TestWithParam<CrashConfig> {};
 
-// The durability rules hold at every crash point.  Disabled until the
-// crash-safe write path of issue 3 is confirmed and this is enabled with
-// it; the seed's write path (in-place rewrite of shared extents, metadata
-// written with no flush after its data, write-back metadata older than
-// the data after a crash) fails it by hundreds of crash points per
-// configuration.
+// The durability rules hold at every crash point.  The seed's write path
+// (in-place rewrite of shared extents, metadata written with no flush
+// after its data, write-back metadata older than the data after a crash)
+// failed it by hundreds of crash points per configuration.
 TEST_P(CrashRules, EveryCrashPointKeepsTheDurabilityRules) {
   const CrashConfig& cfg = GetParam();
   const uint64_t seed = SeedFor(cfg);

@@ -22,7 +22,7 @@ using testing::BorrowedDevice;
 using testing::DataKind;
 using testing::FillData;
 
-// Counts discards that reach the backing device.
+// Counts discards, flushes and bytes written that reach the backing device.
 class CountingDevice : public BorrowedDevice {
  public:
   using BorrowedDevice::BorrowedDevice;
@@ -30,7 +30,19 @@ class CountingDevice : public BorrowedDevice {
     discarded += len;
     return BorrowedDevice::Discard(offset, len);
   }
+  Status Flush() override {
+    ++flushes;
+    return BorrowedDevice::Flush();
+  }
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
+    if (offset >= data_offset) data_written += len;
+    if (fua) ++flushes;
+    return BorrowedDevice::Write(offset, buf, len, fua);
+  }
   std::atomic<uint64_t> discarded{0};
+  std::atomic<uint64_t> flushes{0};
+  std::atomic<uint64_t> data_written{0};  // bytes written at or after data_offset
+  uint64_t data_offset = UINT64_MAX;
 };
 
 class VolumeTest : public ::testing::Test {
@@ -242,6 +254,47 @@ TEST_F(VolumeTest, VolumeWithoutBackPayloadFeatureUndoLogsOverwrites) {
   ASSERT_TRUE(vol_->Write(0, b.data(), b.size(), false).ok());
   EXPECT_EQ(vol_->Stats().undo_records, 1u);
   EXPECT_EQ(ReadAll(0, b.size()), b);
+}
+
+// Write-back overwrites of committed raw data (codec none) need undo
+// records, but no flush each: the overwrites wait in memory, read back at
+// once, and a flush writes the records, flushes, then writes only the
+// blocks that changed.
+TEST_F(VolumeTest, RawOverwritesWaitForOneFlushAndWriteOnlyTheirBlocks) {
+  Format({CodecId::kNone, 0}, format::MetaMode::kWriteBack);
+  Open();
+  const size_t len = 128 * 1024;
+  std::vector<uint8_t> want = Data(DataKind::kRandom, 2 * len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  counting_->data_offset = vol_->superblock().data_offset;
+  counting_->flushes = 0;
+  counting_->data_written = 0;
+
+  // Distinct blocks: a second overwrite of queued bytes drains first.
+  uint64_t changed_blocks = 0;
+  for (uint64_t i = 0; i < 20; ++i) {
+    const uint64_t off = i == 19 ? len - 100 : i * 7 % (2 * len / kBlockSize) * kBlockSize;
+    const size_t n = i == 19 ? 200 : kBlockSize;  // the last one straddles two extents
+    auto bytes = Data(DataKind::kRandom, n, 100 + i);
+    ASSERT_TRUE(vol_->Write(off, bytes.data(), n, false).ok());
+    std::memcpy(want.data() + off, bytes.data(), n);
+    changed_blocks += (off + n - 1) / kBlockSize - off / kBlockSize + 1;
+    ASSERT_EQ(ReadAll(0, want.size()), want) << "after write " << i;
+  }
+  EXPECT_EQ(counting_->flushes, 0u);
+  EXPECT_EQ(counting_->data_written, 0u);  // only undo records so far
+  EXPECT_GE(vol_->Stats().undo_records, 20u);
+
+  ASSERT_TRUE(vol_->Flush().ok());
+  EXPECT_GE(counting_->flushes, 2u);
+  EXPECT_LE(counting_->data_written, changed_blocks * kBlockSize);
+  EXPECT_GT(counting_->data_written, 0u);
+  EXPECT_EQ(ReadAll(0, want.size()), want);
+  ASSERT_TRUE(vol_->Close().ok());
+  vol_.reset();
+  Open();
+  EXPECT_EQ(ReadAll(0, want.size()), want);
 }
 
 TEST_F(VolumeTest, CorruptPayloadIsAnErrorNeverGarbage) {

@@ -1,0 +1,95 @@
+#include "libcore/deferred_writes.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace insitu {
+
+void DeferredWrites::Add(uint64_t offset, const uint8_t* data, size_t len) {
+  auto e = std::make_shared<Entry>();
+  e->offset = offset;
+  e->len = len;
+  e->bytes.Resize(len);
+  std::memcpy(e->bytes.data(), data, len);
+  std::lock_guard<std::mutex> lock(mu_);
+  e->order = next_order_++;
+  max_len_ = std::max(max_len_, len);
+  by_offset_.emplace(offset, e);
+  queue_.push_back(std::move(e));
+  queued_bytes_.fetch_add(len, std::memory_order_relaxed);
+  queued_.fetch_add(1, std::memory_order_release);
+}
+
+std::vector<DeferredWrites::EntryRef> DeferredWrites::OverlappingLocked(uint64_t offset,
+                                                                        uint64_t len) const {
+  std::vector<EntryRef> hits;
+  // An entry at key k overlaps when k < offset + len and k + its len > offset,
+  // so k > offset - max_len_.
+  const uint64_t from = offset >= max_len_ ? offset - max_len_ + 1 : 0;
+  for (auto it = by_offset_.lower_bound(from); it != by_offset_.end() && it->first < offset + len;
+       ++it) {
+    if (it->first + it->second->len > offset) hits.push_back(it->second);
+  }
+  std::sort(hits.begin(), hits.end(),
+            [](const EntryRef& a, const EntryRef& b) { return a->order < b->order; });
+  return hits;
+}
+
+bool DeferredWrites::Overlaps(uint64_t offset, uint64_t len) const {
+  if (empty()) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  return !OverlappingLocked(offset, len).empty();
+}
+
+Status DeferredWrites::Read(uint64_t offset, void* out, size_t len) {
+  // Take the overlapping entries before reading the device: an entry that
+  // is gone by then has already been written there.
+  std::vector<EntryRef> hits;
+  if (!empty()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hits = OverlappingLocked(offset, len);
+  }
+  INSITU_RETURN_IF_ERROR(dev_->Read(offset, out, len));
+  for (const EntryRef& e : hits) {
+    const uint64_t lo = std::max(offset, e->offset);
+    const uint64_t hi = std::min(offset + len, e->offset + e->len);
+    std::memcpy(static_cast<uint8_t*>(out) + (lo - offset), e->bytes.data() + (lo - e->offset),
+                hi - lo);
+  }
+  return Status::OK();
+}
+
+Status DeferredWrites::Drain() {
+  std::lock_guard<std::mutex> drain_lock(drain_mu_);
+  std::vector<EntryRef> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch.assign(queue_.begin(), queue_.end());
+  }
+  if (batch.empty()) return Status::OK();
+  INSITU_RETURN_IF_ERROR(dev_->Flush().Annotate("making undo records durable"));
+  for (const EntryRef& e : batch) {
+    INSITU_RETURN_IF_ERROR(dev_->Write(e->offset, e->bytes.data(), e->len, false)
+                               .Annotate("writing a deferred overwrite"));
+  }
+  // Only drains remove entries and they are serialized: the batch is still
+  // the front of the queue.
+  std::lock_guard<std::mutex> lock(mu_);
+  uint64_t bytes = 0;
+  for (const EntryRef& e : batch) {
+    auto [b, end] = by_offset_.equal_range(e->offset);
+    for (auto it = b; it != end; ++it) {
+      if (it->second == e) {
+        by_offset_.erase(it);
+        break;
+      }
+    }
+    bytes += e->len;
+    queue_.pop_front();
+  }
+  queued_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+  queued_.fetch_sub(batch.size(), std::memory_order_release);
+  return Status::OK();
+}
+
+}  // namespace insitu

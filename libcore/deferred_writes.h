@@ -1,0 +1,90 @@
+// DeferredWrites: in-place overwrites held in memory until the undo records
+// that protect them are durable.
+//
+// An overwrite of data that the on-disk metadata describes must not reach
+// the disk before its undo record does (docs/design.md, "Crash safety").
+// Writing each record with FUA costs a device flush per overwrite.  Instead
+// the write path writes the record without FUA, queues the overwrite here
+// and completes; Drain() later issues one flush for every queued record and
+// then the overwrites.  Until an overwrite is drained, Read() returns its
+// bytes in place of the device's, so the volume reads as if it had been
+// written.
+//
+// Invariants:
+//  - an entry is queued only after its undo record's write has completed,
+//    so the flush at the start of Drain() makes every drained entry's record
+//    durable before the entry is written;
+//  - entries are drained in the order they were queued and leave the queue
+//    only after their device write completed, so Read() — which takes its
+//    overlapping entries before reading the device — never misses bytes;
+//  - a failed Drain() keeps its entries: reads still see them, and the
+//    caller stops the volume's writes (recovery at the next open puts back
+//    what the undo records saved).
+// The caller keeps writes to the same bytes ordered (the volume's
+// ExtentLock), and queues every in-place write of a range with queued
+// entries here too, so a drain never lands stale bytes over newer ones.
+//
+// Thread-safety: all methods are thread-safe.  Drains are serialized.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "libcore/aligned_buffer.h"
+#include "libcore/block_device.h"
+
+namespace insitu {
+
+class DeferredWrites {
+ public:
+  // ShouldDrain() turns true once drain_bytes are queued.
+  DeferredWrites(BlockDevice* dev, uint64_t drain_bytes) : dev_(dev), drain_bytes_(drain_bytes) {}
+
+  // Queues a write of len bytes at device offset `offset` (copied).
+  void Add(uint64_t offset, const uint8_t* data, size_t len);
+
+  // Reads [offset, offset+len) of the device with every queued write applied.
+  Status Read(uint64_t offset, void* out, size_t len);
+
+  // True when a queued write overlaps [offset, offset+len).
+  bool Overlaps(uint64_t offset, uint64_t len) const;
+
+  // Flushes the device (making the undo records of the queued writes
+  // durable), then writes every queued write in order.  Does nothing when
+  // the queue is empty.
+  Status Drain();
+
+  bool ShouldDrain() const { return queued_bytes_.load(std::memory_order_relaxed) >= drain_bytes_; }
+  bool empty() const { return queued_.load(std::memory_order_acquire) == 0; }
+
+ private:
+  struct Entry {
+    uint64_t offset;
+    size_t len;
+    uint64_t order;  // position in the queue: later entries win
+    AlignedBuffer bytes;
+  };
+  using EntryRef = std::shared_ptr<const Entry>;
+  // Entries overlapping [offset, offset+len), in queue order.  Needs mu_.
+  std::vector<EntryRef> OverlappingLocked(uint64_t offset, uint64_t len) const;
+
+  BlockDevice* const dev_;
+  const uint64_t drain_bytes_;
+
+  mutable std::mutex mu_;
+  std::deque<EntryRef> queue_;
+  std::multimap<uint64_t, EntryRef> by_offset_;  // the same entries, by device offset
+  uint64_t next_order_ = 0;
+  size_t max_len_ = 0;  // the longest entry ever queued bounds the overlap search
+  std::atomic<uint64_t> queued_{0};
+  std::atomic<uint64_t> queued_bytes_{0};
+
+  std::mutex drain_mu_;
+};
+
+}  // namespace insitu
