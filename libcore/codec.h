@@ -49,6 +49,15 @@ class Codec {
   // outcome (short output, overrun, malformed stream) is kCorruption.
   virtual Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const = 0;
 
+  // Decompresses at least the first `want` of the out_len bytes src holds
+  // into dst (which has room for out_len), for a read of part of an extent.
+  // Codecs that cannot stop early decompress it all.
+  virtual Status DecompressPrefix(const uint8_t* src, size_t n, uint8_t* dst, size_t want,
+                                  size_t out_len) const {
+    (void)want;
+    return Decompress(src, n, dst, out_len);
+  }
+
   static Status Create(const CodecSpec& spec, std::unique_ptr<Codec>* out);
 };
 

@@ -58,9 +58,67 @@ uint32_t SoftwareUpdate(uint32_t state, const uint8_t* p, size_t n) {
   return state;
 }
 
+// The CRC state update is linear, so the state after data A then B is
+// Shift(state after A, |B|) ^ (state of B alone, started from zero), where
+// Shift appends |B| zero bytes.  For a fixed length that is a linear map on
+// 32 bits: four table lookups, one per state byte.
+using ShiftTables = std::array<std::array<uint32_t, 256>, 4>;
+
+constexpr ShiftTables MakeShiftTables(size_t zero_bytes) {
+  std::array<uint32_t, 32> basis{};  // the image of each state bit
+  for (size_t bit = 0; bit < 32; ++bit) {
+    uint32_t s = uint32_t{1} << bit;
+    for (size_t i = 0; i < zero_bytes; ++i) s = (s >> 8) ^ kTables[0][s & 0xFF];
+    basis[bit] = s;
+  }
+  ShiftTables t{};
+  for (size_t k = 0; k < 4; ++k) {
+    for (uint32_t b = 0; b < 256; ++b) {
+      uint32_t v = 0;
+      for (size_t bit = 0; bit < 8; ++bit) {
+        if (b & (1u << bit)) v ^= basis[k * 8 + bit];
+      }
+      t[k][b] = v;
+    }
+  }
+  return t;
+}
+
+inline uint32_t Shift(const ShiftTables& t, uint32_t s) {
+  return t[0][s & 0xFF] ^ t[1][(s >> 8) & 0xFF] ^ t[2][(s >> 16) & 0xFF] ^ t[3][s >> 24];
+}
+
 #if defined(__x86_64__)
+// The crc32 instruction has a latency of three cycles and a throughput of
+// one: three independent streams over adjacent stripes keep it busy, and
+// their states are then joined with Shift().  Payload checksums run at
+// about three times the speed of one stream.
+constexpr size_t kLongStripe = 4096;
+constexpr size_t kShortStripe = 256;
+constexpr ShiftTables kShiftLong = MakeShiftTables(kLongStripe);
+constexpr ShiftTables kShiftShort = MakeShiftTables(kShortStripe);
+
+__attribute__((target("sse4.2"))) inline uint32_t ThreeStreams(uint32_t state, const uint8_t* p,
+                                                               size_t stripe,
+                                                               const ShiftTables& shift) {
+  uint64_t a = state, b = 0, c = 0;
+  for (size_t i = 0; i < stripe; i += 8) {
+    a = _mm_crc32_u64(a, Load64(p + i));
+    b = _mm_crc32_u64(b, Load64(p + stripe + i));
+    c = _mm_crc32_u64(c, Load64(p + 2 * stripe + i));
+  }
+  const auto ab = Shift(shift, static_cast<uint32_t>(a)) ^ static_cast<uint32_t>(b);
+  return Shift(shift, ab) ^ static_cast<uint32_t>(c);
+}
+
 __attribute__((target("sse4.2"))) uint32_t HardwareUpdate(uint32_t state, const uint8_t* p,
                                                           size_t n) {
+  for (; n >= 3 * kLongStripe; p += 3 * kLongStripe, n -= 3 * kLongStripe) {
+    state = ThreeStreams(state, p, kLongStripe, kShiftLong);
+  }
+  for (; n >= 3 * kShortStripe; p += 3 * kShortStripe, n -= 3 * kShortStripe) {
+    state = ThreeStreams(state, p, kShortStripe, kShiftShort);
+  }
   uint64_t s = state;
   while (n >= 8) {
     s = _mm_crc32_u64(s, Load64(p));

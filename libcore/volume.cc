@@ -95,12 +95,15 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
     }
     if (st.ok()) {
       const bool whole = from == head && to == head + e.nblocks;
-      uint8_t* dst = whole ? out : scratch.extent.data();
-      st = codec
-               ->Decompress(scratch.payload.data(), trailer.comp_len, dst,
-                            size_t{e.nblocks} * kBlockSize)
-               .Annotate("extent at block " + std::to_string(head));
-      if (st.ok() && !whole) std::memcpy(out, dst + (from - head) * kBlockSize, bytes);
+      const size_t extent_bytes = size_t{e.nblocks} * kBlockSize;
+      if (whole) {
+        st = codec->Decompress(scratch.payload.data(), trailer.comp_len, out, extent_bytes);
+      } else {
+        st = codec->DecompressPrefix(scratch.payload.data(), trailer.comp_len,
+                                     scratch.extent.data(), (to - head) * kBlockSize, extent_bytes);
+        if (st.ok()) std::memcpy(out, scratch.extent.data() + (from - head) * kBlockSize, bytes);
+      }
+      st = st.Annotate("extent at block " + std::to_string(head));
     }
   }
   if (!st.ok()) read_errors.fetch_add(1);

@@ -99,6 +99,24 @@ TEST_P(CodecTest, RoundTripsCompressibleData) {
   }
 }
 
+// A read of part of an extent asks for a prefix; whatever the codec
+// decodes beyond it, the prefix must be exact.
+TEST_P(CodecTest, DecompressPrefixGivesTheExactPrefix) {
+  const size_t n = 128 * 1024;
+  const std::vector<uint8_t> in = MakeData(DataKind::kMixed, n, 5);
+  const std::vector<uint8_t> payload = is_none() ? in : CompressAll(*codec_, in);
+  for (size_t want : {size_t{4096}, size_t{4097}, size_t{65536}, n - 4096, n}) {
+    std::vector<uint8_t> out(n, 0xEE);
+    Status st = codec_->DecompressPrefix(payload.data(), payload.size(), out.data(), want, n);
+    ASSERT_TRUE(st.ok()) << want << ": " << st.ToString();
+    EXPECT_TRUE(std::equal(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(want), out.begin()))
+        << "prefix of " << want;
+  }
+  // A truncated stream cannot deliver a prefix past where it ends.
+  std::vector<uint8_t> out(n);
+  EXPECT_FALSE(codec_->DecompressPrefix(payload.data(), payload.size() / 2, out.data(), n, n).ok());
+}
+
 TEST_P(CodecTest, IncompressibleDataDeclinesATightCapOrRoundTrips) {
   for (size_t n : kSizes) {
     const std::vector<uint8_t> in = MakeData(DataKind::kRandom, n, n);
