@@ -5,11 +5,36 @@
 
 namespace insitu {
 
+AlignedBuffer DeferredWrites::TakeBuffer(size_t len) {
+  const size_t units = (len + kPoolUnit - 1) / kPoolUnit;
+  if (units >= 1 && units <= kPoolClasses) {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    std::vector<AlignedBuffer>& list = free_[units - 1];
+    if (!list.empty()) {
+      AlignedBuffer buf = std::move(list.back());
+      list.pop_back();
+      free_bytes_ -= buf.size();
+      return buf;
+    }
+  }
+  return AlignedBuffer(std::max<size_t>(units, 1) * kPoolUnit);
+}
+
+void DeferredWrites::Release(Entry* e) {
+  const size_t units = e->bytes.size() / kPoolUnit;
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    if (units >= 1 && units <= kPoolClasses && free_bytes_ + e->bytes.size() <= drain_bytes_) {
+      free_bytes_ += e->bytes.size();
+      free_[units - 1].push_back(std::move(e->bytes));
+    }
+  }
+  delete e;
+}
+
 void DeferredWrites::Add(uint64_t offset, const uint8_t* data, size_t len) {
-  auto e = std::make_shared<Entry>();
-  e->offset = offset;
-  e->len = len;
-  e->bytes.Resize(len);
+  std::shared_ptr<Entry> e(new Entry{offset, len, 0, TakeBuffer(len)},
+                           [this](Entry* dead) { Release(dead); });
   std::memcpy(e->bytes.data(), data, len);
   std::lock_guard<std::mutex> lock(mu_);
   e->order = next_order_++;

@@ -27,6 +27,7 @@
 // Thread-safety: all methods are thread-safe.  Drains are serialized.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <deque>
@@ -72,9 +73,25 @@ class DeferredWrites {
   using EntryRef = std::shared_ptr<const Entry>;
   // Entries overlapping [offset, offset+len), in queue order.  Needs mu_.
   std::vector<EntryRef> OverlappingLocked(uint64_t offset, uint64_t len) const;
+  // A buffer of at least len bytes, from the pool when one is free.
+  AlignedBuffer TakeBuffer(size_t len);
+  // Called when the last reference to an entry goes (after its drain, and
+  // after any reader still copying from it).
+  void Release(Entry* e);
 
   BlockDevice* const dev_;
   const uint64_t drain_bytes_;
+
+  // Buffers of released entries, for reuse: a fresh one costs an
+  // allocation (an mmap for 128 KiB) and zero-filling.  free_[i] holds
+  // buffers of (i + 1) * kPoolUnit bytes; at most drain_bytes_ are kept.
+  // Declared before the queue, which releases its entries into it when
+  // destroyed.
+  static constexpr size_t kPoolUnit = 4096;
+  static constexpr size_t kPoolClasses = 32;
+  std::mutex pool_mu_;
+  std::array<std::vector<AlignedBuffer>, kPoolClasses> free_;
+  uint64_t free_bytes_ = 0;
 
   mutable std::mutex mu_;
   std::deque<EntryRef> queue_;
