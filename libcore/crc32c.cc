@@ -64,13 +64,7 @@ uint32_t SoftwareUpdate(uint32_t state, const uint8_t* p, size_t n) {
 // 32 bits: four table lookups, one per state byte.
 using ShiftTables = std::array<std::array<uint32_t, 256>, 4>;
 
-constexpr ShiftTables MakeShiftTables(size_t zero_bytes) {
-  std::array<uint32_t, 32> basis{};  // the image of each state bit
-  for (size_t bit = 0; bit < 32; ++bit) {
-    uint32_t s = uint32_t{1} << bit;
-    for (size_t i = 0; i < zero_bytes; ++i) s = (s >> 8) ^ kTables[0][s & 0xFF];
-    basis[bit] = s;
-  }
+constexpr ShiftTables TablesFromBasis(const std::array<uint32_t, 32>& basis) {
   ShiftTables t{};
   for (size_t k = 0; k < 4; ++k) {
     for (uint32_t b = 0; b < 256; ++b) {
@@ -84,8 +78,32 @@ constexpr ShiftTables MakeShiftTables(size_t zero_bytes) {
   return t;
 }
 
-inline uint32_t Shift(const ShiftTables& t, uint32_t s) {
+// Appending zero_bytes zero bytes, one byte at a time.
+constexpr ShiftTables MakeShiftTables(size_t zero_bytes) {
+  std::array<uint32_t, 32> basis{};  // the image of each state bit
+  for (size_t bit = 0; bit < 32; ++bit) {
+    uint32_t s = uint32_t{1} << bit;
+    for (size_t i = 0; i < zero_bytes; ++i) s = (s >> 8) ^ kTables[0][s & 0xFF];
+    basis[bit] = s;
+  }
+  return TablesFromBasis(basis);
+}
+
+constexpr uint32_t Shift(const ShiftTables& t, uint32_t s) {
   return t[0][s & 0xFF] ^ t[1][(s >> 8) & 0xFF] ^ t[2][(s >> 16) & 0xFF] ^ t[3][s >> 24];
+}
+
+// The shift of `t` applied `times` times.  Building a long shift this way
+// rather than a byte at a time keeps it within the compilers' limits on
+// constant evaluation (clang stops after about a million steps).
+constexpr ShiftTables RepeatShiftTables(const ShiftTables& t, size_t times) {
+  std::array<uint32_t, 32> basis{};
+  for (size_t bit = 0; bit < 32; ++bit) {
+    uint32_t s = uint32_t{1} << bit;
+    for (size_t i = 0; i < times; ++i) s = Shift(t, s);
+    basis[bit] = s;
+  }
+  return TablesFromBasis(basis);
 }
 
 #if defined(__x86_64__)
@@ -95,8 +113,8 @@ inline uint32_t Shift(const ShiftTables& t, uint32_t s) {
 // about three times the speed of one stream.
 constexpr size_t kLongStripe = 4096;
 constexpr size_t kShortStripe = 256;
-constexpr ShiftTables kShiftLong = MakeShiftTables(kLongStripe);
 constexpr ShiftTables kShiftShort = MakeShiftTables(kShortStripe);
+constexpr ShiftTables kShiftLong = RepeatShiftTables(kShiftShort, kLongStripe / kShortStripe);
 
 __attribute__((target("sse4.2"))) inline uint32_t ThreeStreams(uint32_t state, const uint8_t* p,
                                                                size_t stripe,

@@ -4,7 +4,9 @@
 //  1. decode the slot's extents from the metadata bitmap;
 //  2. widen the range to whole extents: every extent the request touches is
 //     rewritten as a whole (its untouched blocks are read back first — the
-//     read-modify-write of a partly covered extent);
+//     read-modify-write of a partly covered extent), except that a raw
+//     extent rewritten raw with the same bounds keeps its untouched blocks
+//     where they are (with codec none they are not even read);
 //  3. overlay the new bytes (or zeros);
 //  4. split the merged range into maximal runs of non-zero blocks; each run
 //     becomes one extent, compressed if that saves at least one sector, its
