@@ -45,25 +45,26 @@ void DeferredWrites::Add(uint64_t offset, const uint8_t* data, size_t len) {
   queued_.fetch_add(1, std::memory_order_release);
 }
 
-std::vector<DeferredWrites::EntryRef> DeferredWrites::OverlappingLocked(uint64_t offset,
-                                                                        uint64_t len) const {
-  std::vector<EntryRef> hits;
+template <typename Fn>
+void DeferredWrites::ForEachOverlapLocked(uint64_t offset, uint64_t len, Fn&& fn) const {
   // An entry at key k overlaps when k < offset + len and k + its len > offset,
   // so k > offset - max_len_.
   const uint64_t from = offset >= max_len_ ? offset - max_len_ + 1 : 0;
   for (auto it = by_offset_.lower_bound(from); it != by_offset_.end() && it->first < offset + len;
        ++it) {
-    if (it->first + it->second->len > offset) hits.push_back(it->second);
+    if (it->first + it->second->len > offset && !fn(it->second)) return;
   }
-  std::sort(hits.begin(), hits.end(),
-            [](const EntryRef& a, const EntryRef& b) { return a->order < b->order; });
-  return hits;
 }
 
 bool DeferredWrites::Overlaps(uint64_t offset, uint64_t len) const {
   if (empty()) return false;
+  bool found = false;
   std::lock_guard<std::mutex> lock(mu_);
-  return !OverlappingLocked(offset, len).empty();
+  ForEachOverlapLocked(offset, len, [&](const EntryRef&) {
+    found = true;
+    return false;
+  });
+  return found;
 }
 
 Status DeferredWrites::Read(uint64_t offset, void* out, size_t len) {
@@ -72,8 +73,14 @@ Status DeferredWrites::Read(uint64_t offset, void* out, size_t len) {
   std::vector<EntryRef> hits;
   if (!empty()) {
     std::lock_guard<std::mutex> lock(mu_);
-    hits = OverlappingLocked(offset, len);
+    ForEachOverlapLocked(offset, len, [&](const EntryRef& e) {
+      hits.push_back(e);
+      return true;
+    });
   }
+  // Later entries win where they overlap each other.
+  std::sort(hits.begin(), hits.end(),
+            [](const EntryRef& a, const EntryRef& b) { return a->order < b->order; });
   INSITU_RETURN_IF_ERROR(dev_->Read(offset, out, len));
   for (const EntryRef& e : hits) {
     const uint64_t lo = std::max(offset, e->offset);

@@ -71,8 +71,10 @@ class DeferredWrites {
     AlignedBuffer bytes;
   };
   using EntryRef = std::shared_ptr<const Entry>;
-  // Entries overlapping [offset, offset+len), in queue order.  Needs mu_.
-  std::vector<EntryRef> OverlappingLocked(uint64_t offset, uint64_t len) const;
+  // Calls fn(entry) for the entries overlapping [offset, offset+len), in
+  // offset order, until fn returns false.  Needs mu_.
+  template <typename Fn>
+  void ForEachOverlapLocked(uint64_t offset, uint64_t len, Fn&& fn) const;
   // A buffer of at least len bytes, from the pool when one is free.
   AlignedBuffer TakeBuffer(size_t len);
   // Called when the last reference to an entry goes (after its drain, and

@@ -62,6 +62,12 @@ Status InsituVolume::Impl::RunCommit() {
   return st;
 }
 
+Status InsituVolume::Impl::DrainDeferred() {
+  Status st = deferred.Drain();
+  if (!st.ok()) Fail(st);
+  return st;
+}
+
 void InsituVolume::Impl::Fail(const Status& why) {
   std::lock_guard<std::mutex> lock(commit_mu);
   FailLocked(why);

@@ -61,6 +61,10 @@ class InsituVolume::Impl {
   // on disk refers to it (after a commit).
   void QueueDiscard(uint64_t slot_first, uint32_t units);
   void ProcessDiscards();
+  // Drains the deferred overwrites outside a commit.  A failed drain left
+  // undo-protected overwrites unwritten: it stops the volume's writes (the
+  // entries stay readable) and returns the error.
+  Status DrainDeferred();
   // Stops all further writes after a failure that left the data area in a
   // state only recovery at the next open can repair.
   void Fail(const Status& why);

@@ -102,6 +102,11 @@ struct NewExtent {
     return (first + keep_front) * kSectorsPerBlock;
   }
   uint32_t write_sectors() const { return sectors - (keep_front + keep_back) * kSectorsPerBlock; }
+  // Keeps the blocks outside the request's [b_lo, b_hi) in place.
+  void KeepOutside(uint32_t b_lo, uint32_t b_hi) {
+    keep_front = std::max(b_lo, first) - first;
+    keep_back = first + nblocks - std::min(b_hi, first + nblocks);
+  }
   const uint8_t* write_bytes() const { return bytes + size_t{keep_front} * kBlockSize; }
   SectorSet Sectors() const {
     SectorSet set;
@@ -204,8 +209,7 @@ bool SlotRewrite::RewriteRawInPlace(const std::vector<SlotExtent>& touched, uint
   }
   NewExtent ne{o.first, o.nblocks, o.nblocks * kSectorsPerBlock,
                merged + size_t{o.first - m0} * kBlockSize};
-  ne.keep_front = b_lo - o.first;
-  ne.keep_back = o.first + o.nblocks - b_hi;
+  ne.KeepOutside(b_lo, b_hi);
   out->assign(1, ne);
   return true;
 }
@@ -252,10 +256,7 @@ Status SlotRewrite::NewExtents(const std::vector<SlotExtent>& touched, uint32_t 
     INSITU_RETURN_IF_ERROR(Compress(data + size_t{b - m0} * kBlockSize, b, e - b, &cursor, &ne));
     if (!ne.compressed()) {
       for (const SlotExtent& o : touched) {
-        if (o.raw() && o.first == ne.first && o.nblocks == ne.nblocks) {
-          ne.keep_front = std::max(b_lo, ne.first) - ne.first;
-          ne.keep_back = ne.first + ne.nblocks - std::min(b_hi, ne.first + ne.nblocks);
-        }
+        if (o.raw() && o.first == ne.first && o.nblocks == ne.nblocks) ne.KeepOutside(b_lo, b_hi);
       }
     }
     out->push_back(ne);
@@ -378,10 +379,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     // device current.  Only this request can queue more for the slot.
     const size_t saved_len = size_t{undo.data_sectors} * kSectorSize;
     Status st;
-    if (v_.deferred.Overlaps(undo.data_offset, saved_len)) {
-      st = v_.deferred.Drain();
-      if (!st.ok()) v_.Fail(st);
-    }
+    if (v_.deferred.Overlaps(undo.data_offset, saved_len)) st = v_.DrainDeferred();
     uint8_t* saved = scratch.undo.data() + kSectorSize;
     if (st.ok()) st = v_.dev->Read(undo.data_offset, saved, saved_len);
     uint64_t seq = 0;
@@ -424,13 +422,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   v_.payload_sectors += d_sectors;
   v_.blocks_bad += d_bad;
   if (const uint32_t freed = old_used & ~new_used; freed != 0) v_.QueueDiscard(slot_first_, freed);
-  if (defer && v_.deferred.ShouldDrain()) {
-    Status drained = v_.deferred.Drain();
-    if (!drained.ok()) {
-      v_.Fail(drained);
-      return drained;
-    }
-  }
+  if (defer && v_.deferred.ShouldDrain()) return v_.DrainDeferred();
   return Status::OK();
 }
 

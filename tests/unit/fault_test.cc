@@ -344,6 +344,25 @@ TEST_P(FaultVolume, FailedFlushIsReportedAndNothingFlushedBeforeIsLost) {
   ExpectContents("after reopening");
 }
 
+// An overwrite of queued bytes drains the queue first (write-back; in
+// write-through the write's own commit drains).  A failed drain is the
+// write's error and stops the volume's writes; nothing stored is lost, and
+// the volume recovers at the next open.
+TEST_P(FaultVolume, FailedDrainFailsTheWriteAndLosesNothingStored) {
+  Populate();
+  ASSERT_FALSE(HasFatalFailure());
+  const uint64_t off = 4 * kSlot + 3 * kBlockSize;  // inside the raw extent
+  const std::vector<uint8_t> again = Data(DataKind::kRandom, kBlockSize);
+  ASSERT_TRUE(Try(off, again).ok());
+  fault_->FailNth(FaultOp::kFlush, 1, EIO);
+  Status st = Try(off, again);
+  EXPECT_EQ(st.err(), EIO) << st.ToString();
+  EXPECT_FALSE(vol_->Write(0, again.data(), again.size(), false).ok());
+  ExpectContents("after the failed drain");
+  Reopen();
+  ExpectContents("after reopening");
+}
+
 // Write-back mode writes metadata at FLUSH: a metadata write that fails
 // fails the flush.  Whatever a later flush reports durable is, even
 // without a clean close.
