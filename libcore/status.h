@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace insitu {
@@ -54,10 +55,15 @@ class Status {
   const std::string& message() const { return msg_; }
   std::string ToString() const;
 
-  // Prefixes the message with context, e.g. "opening /dev/sdb: ...".
-  Status Annotate(const std::string& context) const {
+  // Prefixes the message with context, e.g. "opening /dev/sdb: ...".  A
+  // string_view, so that a literal context costs nothing on success (hot
+  // paths annotate every call); build a computed context only on failure.
+  Status Annotate(std::string_view context) const {
     if (ok()) return *this;
-    return Status(code_, err_, context + ": " + msg_);
+    std::string m(context);
+    m += ": ";
+    m += msg_;
+    return Status(code_, err_, std::move(m));
   }
 
  private:

@@ -63,8 +63,10 @@ ExtentLock::Guard InsituVolume::Impl::LockBlocks(uint64_t first_block, uint64_t 
 Status InsituVolume::Impl::ReadSlot(uint64_t slot_first, std::vector<SlotExtent>* extents) const {
   uint8_t entries[format::kMaxExtentBlocks];
   meta.GetRange(slot_first, slot_blocks(), entries);
-  return DecodeSlot(entries, slot_blocks(), extents)
-      .Annotate("slot at block " + std::to_string(slot_first));
+  Status st = DecodeSlot(entries, slot_blocks(), extents);
+  // Built only on failure: this runs for every request.
+  if (!st.ok()) return st.Annotate("slot at block " + std::to_string(slot_first));
+  return st;
 }
 
 Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExtent& e, uint64_t from,
@@ -103,7 +105,7 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
                                      scratch.extent.data(), (to - head) * kBlockSize, extent_bytes);
         if (st.ok()) std::memcpy(out, scratch.extent.data() + (from - head) * kBlockSize, bytes);
       }
-      st = st.Annotate("extent at block " + std::to_string(head));
+      if (!st.ok()) st = st.Annotate("extent at block " + std::to_string(head));
     }
   }
   if (!st.ok()) read_errors.fetch_add(1);

@@ -58,15 +58,22 @@ WriteScratch& GetWriteScratch() {
 }
 
 bool IsZeroBlock(const uint8_t* p) {
+  // Every block of a written extent is tested, and nearly all of them have
+  // a non-zero byte near their start: stop at the first non-zero 64 bytes
+  // (a whole-block scan was 5 % of 4 KiB writes into 128 KiB extents).
   // The caller's buffer may be unaligned; memcpy keeps the loads defined
   // and still compiles to plain 8-byte loads.
-  uint64_t acc = 0;
-  for (size_t i = 0; i < kBlockSize; i += sizeof(uint64_t)) {
-    uint64_t w;
-    std::memcpy(&w, p + i, sizeof(w));
-    acc |= w;
+  constexpr size_t kChunk = 64;
+  for (size_t i = 0; i < kBlockSize; i += kChunk) {
+    uint64_t acc = 0;
+    for (size_t j = i; j < i + kChunk; j += sizeof(uint64_t)) {
+      uint64_t w;
+      std::memcpy(&w, p + j, sizeof(w));
+      acc |= w;
+    }
+    if (acc != 0) return false;
   }
-  return acc == 0;
+  return true;
 }
 
 // Sectors of the slot that the extents in `entries` occupy (every sector if
