@@ -23,6 +23,7 @@ struct ReadScratch {
   AlignedBuffer payload{format::kMaxExtentBlocks * kBlockSize};
   AlignedBuffer extent{format::kMaxExtentBlocks * kBlockSize};   // a decompressed extent
   AlignedBuffer partial{format::kMaxExtentBlocks * kBlockSize};  // blocks of an unaligned read
+  std::vector<SlotExtent> extents;  // the slot Read() is in (reused: no allocation per read)
 };
 ReadScratch& GetReadScratch() {
   thread_local ReadScratch scratch;
@@ -277,7 +278,7 @@ Status InsituVolume::Read(uint64_t offset, void* buf, size_t len) {
   const uint64_t end = offset + len;
   const uint64_t slot_bytes = uint64_t{v.slot_blocks()} * kBlockSize;
   auto guard = v.LockBlocks(offset / kBlockSize, (end + kBlockSize - 1) / kBlockSize, false);
-  std::vector<SlotExtent> extents;
+  std::vector<SlotExtent>& extents = GetReadScratch().extents;
   for (uint64_t slot_start = offset / slot_bytes * slot_bytes; slot_start < end;
        slot_start += slot_bytes) {
     const uint64_t slot_first = slot_start / kBlockSize;
