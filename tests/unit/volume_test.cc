@@ -170,6 +170,25 @@ TEST_F(VolumeTest, ZeroBlocksAreUnwrittenAndReportedAsHoles) {
   EXPECT_EQ(ReadAll(0, buf.size()), buf);
 }
 
+// Zero-block detection stops at the first non-zero bytes: a block whose
+// only non-zero byte sits anywhere (chunk edges, the very last byte) must
+// still be stored, never turned into a hole.
+TEST_F(VolumeTest, ABlockWithOneNonZeroByteAnywhereIsStored) {
+  Open();
+  const size_t positions[] = {0, 7, 63, 64, 100, 2047, 4032, 4095};
+  std::vector<uint8_t> buf(16 * kBlockSize, 0);
+  for (size_t i = 0; i < std::size(positions); ++i) buf[2 * i * kBlockSize + positions[i]] = 1;
+  ASSERT_TRUE(vol_->Write(0, buf.data(), buf.size(), false).ok());
+  const VolumeStats s = vol_->Stats();
+  EXPECT_EQ(s.blocks_compressed + s.blocks_raw, std::size(positions));
+  EXPECT_EQ(s.blocks_unwritten, vol_->superblock().data_blocks - std::size(positions));
+  EXPECT_EQ(ReadAll(0, buf.size()), buf);
+  std::vector<AllocationRun> runs;
+  ASSERT_TRUE(vol_->GetAllocation(0, buf.size(), &runs).ok());
+  ASSERT_EQ(runs.size(), 16u);
+  for (size_t i = 0; i < runs.size(); ++i) EXPECT_EQ(runs[i].hole, i % 2 == 1) << "block " << i;
+}
+
 TEST_F(VolumeTest, TrimAndWriteZeroesFreeSpaceAndReadZeros) {
   Open();
   auto rnd = Data(DataKind::kRandom, 128 * 1024);
