@@ -89,6 +89,63 @@ SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
   return used;
 }
 
+// The smallest piece (a power of two of at least 2 blocks: a compressed
+// 1-block extent still fills its 4 KiB unit) into which SplitCuts may cut
+// the compressed extent `e` and still expect each piece to free a 4 KiB
+// unit, assuming a piece compresses 10 % worse than the whole extent did.
+// 0 when no piece smaller than e would.
+uint32_t MinPieceBlocks(const SlotExtent& e) {
+  for (uint32_t m = 2; m < e.nblocks; m *= 2) {
+    // 1.1 * sectors * m / nblocks <= 8 * (m - 1)
+    if (uint64_t{11} * e.sectors * m <= uint64_t{10} * kSectorsPerBlock * (m - 1) * e.nblocks) {
+      return m;
+    }
+  }
+  return 0;
+}
+
+// Where the new extents of a rewrite must start (bit c: at slot block c)
+// so that an old compressed extent the request covers only in part is not
+// rewritten whole by every later small write into it (each 4 KiB write
+// into a 128 KiB extent would decompress and recompress 128 KiB, and write
+// its whole payload again).  The extent's blocks outside the request are
+// cut into the largest aligned power-of-two pieces of the slot that do not
+// straddle the request, down to MinPieceBlocks (a buddy split: a 4 KiB
+// write into a 128 KiB extent of 2.5:1 data leaves pieces of 64, 32, 16,
+// 8 and 4 KiB, and the aligned 8 KiB holding the request).  Extents thus
+// follow the size of the writes that made them: a write covering whole
+// pieces merges them again, and a later small write rewrites only the
+// small piece it lands in.  Raw extents are never cut: their untouched
+// blocks keep their place.
+uint32_t SplitCuts(const std::vector<SlotExtent>& touched, uint32_t slot_n, uint32_t b_lo,
+                   uint32_t b_hi) {
+  // Bits [from, to).
+  auto bits = [](uint32_t from, uint32_t to) {
+    return to > from ? static_cast<uint32_t>((uint64_t{1} << to) - (uint64_t{1} << from)) : 0u;
+  };
+  uint32_t cuts = 0;
+  for (const SlotExtent& e : touched) {
+    if (!e.compressed() || (b_lo <= e.first && e.first + e.nblocks <= b_hi)) continue;
+    const uint32_t m = MinPieceBlocks(e);
+    if (m == 0) continue;
+    // The request widened to whole pieces stays one extent.
+    const uint32_t lo = b_lo / m * m, hi = std::min(slot_n, (b_hi + m - 1) / m * m);
+    // Node [a, a + n) of the slot's buddy tree is cut in half unless it
+    // lies wholly inside or wholly outside the widened request.
+    uint32_t buddy = 0;
+    auto split = [&](auto&& self, uint32_t a, uint32_t n) -> void {
+      if (n <= m || hi <= a || lo >= a + n || (lo <= a && a + n <= hi)) return;
+      buddy |= 1u << (a + n / 2);
+      self(self, a, n / 2);
+      self(self, a + n / 2, n / 2);
+    };
+    split(split, 0, slot_n);
+    // Cuts strictly inside e, but not inside the widened request.
+    cuts |= buddy & bits(e.first + 1, e.first + e.nblocks) & ~bits(lo + 1, hi);
+  }
+  return cuts;
+}
+
 // One new extent of the merged range.
 struct NewExtent {
   uint32_t first;  // slot-relative block
@@ -244,7 +301,9 @@ Status SlotRewrite::NewExtents(const std::vector<SlotExtent>& touched, uint32_t 
     data = merged;
   }
 
-  // New extents: maximal runs of non-zero blocks, compressed.
+  // New extents: maximal runs of non-zero blocks, compressed, also cut
+  // where SplitCuts says.
+  const uint32_t cuts = SplitCuts(touched, v_.slot_blocks(), b_lo, b_hi);
   auto is_zero = [&](uint32_t b) {
     const bool fully_zeroed =
         src == nullptr && uint64_t{b} * kBlockSize >= lo && uint64_t{b + 1} * kBlockSize <= hi;
@@ -258,7 +317,7 @@ Status SlotRewrite::NewExtents(const std::vector<SlotExtent>& touched, uint32_t 
       continue;
     }
     uint32_t e = b + 1;
-    while (e < m1 && !is_zero(e)) ++e;
+    while (e < m1 && !is_zero(e) && (cuts >> e & 1) == 0) ++e;
     NewExtent ne;
     INSITU_RETURN_IF_ERROR(Compress(data + size_t{b - m0} * kBlockSize, b, e - b, &cursor, &ne));
     if (!ne.compressed()) {

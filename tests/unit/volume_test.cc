@@ -258,6 +258,97 @@ TEST_F(VolumeTest, CommittedExtentIsOverwrittenBesideItselfWithoutUndo) {
   EXPECT_EQ(ReadAll(0, len), rnd);
 }
 
+// The extents of slot 0 (blocks 0-31) as (head block, blocks) pairs.
+std::vector<std::pair<uint64_t, uint32_t>> SlotLayout(InsituVolume& vol) {
+  std::vector<std::pair<uint64_t, uint32_t>> out;
+  vol.ForEachExtent([&](const ExtentInfo& e) {
+    if (e.head_block < 32) out.emplace_back(e.head_block, e.nblocks);
+  });
+  return out;
+}
+
+// A small write into a large compressed extent cuts it into aligned
+// power-of-two pieces around the request, so that the next small write
+// there rewrites only a small piece (not the whole 128 KiB extent), and a
+// write covering the pieces merges them again.
+TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
+  Open();
+  const size_t len = 128 * 1024;
+  std::vector<uint8_t> want = Data(DataKind::kText, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), len, false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  using Layout = std::vector<std::pair<uint64_t, uint32_t>>;
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 32}}));
+
+  // Block 13: text compresses far better than 2:1, so the smallest piece
+  // is 2 blocks; block 13 and its buddy 12 stay together.
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(13 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 13 * kBlockSize, a.data(), a.size());
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 8}, {8, 4}, {12, 2}, {14, 2}, {16, 16}}));
+  EXPECT_EQ(ReadAll(0, len), want);
+  ASSERT_TRUE(vol_->Flush().ok());
+
+  // The next small write in that piece rewrites only the piece.
+  counting_->data_offset = vol_->superblock().data_offset;
+  counting_->data_written = 0;
+  auto b = Data(DataKind::kText, 100, 3);
+  ASSERT_TRUE(vol_->Write(12 * kBlockSize + 50, b.data(), b.size(), false).ok());
+  std::memcpy(want.data() + 12 * kBlockSize + 50, b.data(), b.size());
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 8}, {8, 4}, {12, 2}, {14, 2}, {16, 16}}));
+  EXPECT_LE(counting_->data_written, 2 * kBlockSize);
+  EXPECT_EQ(ReadAll(0, len), want);
+
+  // A write of a whole 64 KiB half merges its pieces.
+  std::vector<uint8_t> half = Data(DataKind::kText, len / 2, 4);
+  ASSERT_TRUE(vol_->Write(0, half.data(), half.size(), false).ok());
+  std::memcpy(want.data(), half.data(), half.size());
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 16}, {16, 16}}));
+  EXPECT_EQ(ReadAll(0, len), want);
+  ASSERT_TRUE(vol_->Close().ok());
+  vol_.reset();
+  Open();
+  EXPECT_EQ(ReadAll(0, len), want);
+}
+
+// Pieces of data that compresses poorly would not free a 4 KiB unit each,
+// so such an extent is rewritten whole, as are raw extents.
+TEST_F(VolumeTest, PoorlyCompressingAndRawExtentsAreNotSplit) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
+  Open();
+  const size_t len = 128 * 1024;
+  // Each block: 7/8 random bytes, then zeros (about 0.88 of its size).
+  std::vector<uint8_t> poor = Data(DataKind::kRandom, len, 1);
+  for (size_t off = 0; off < len; off += kBlockSize) {
+    std::memset(poor.data() + off + kBlockSize * 7 / 8, 0, kBlockSize / 8);
+  }
+  std::vector<uint8_t> raw = Data(DataKind::kRandom, len, 2);
+  ASSERT_TRUE(vol_->Write(0, poor.data(), len, false).ok());
+  ASSERT_TRUE(vol_->Write(len, raw.data(), len, false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  std::vector<ExtentInfo> map;
+  vol_->ForEachExtent([&](const ExtentInfo& e) { map.push_back(e); });
+  ASSERT_GE(map.size(), 2u);
+  ASSERT_EQ(map[0].kind, ExtentInfo::Kind::kCompressed);
+  ASSERT_EQ(map[1].kind, ExtentInfo::Kind::kRaw);
+
+  auto a = Data(DataKind::kText, kBlockSize, 3);
+  ASSERT_TRUE(vol_->Write(13 * kBlockSize, a.data(), a.size(), false).ok());
+  ASSERT_TRUE(vol_->Write(len + 13 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(poor.data() + 13 * kBlockSize, a.data(), a.size());
+  std::memcpy(raw.data() + 13 * kBlockSize, a.data(), a.size());
+  map.clear();
+  vol_->ForEachExtent([&](const ExtentInfo& e) { map.push_back(e); });
+  ASSERT_GE(map.size(), 2u);
+  EXPECT_EQ(map[0].head_block, 0u);
+  EXPECT_EQ(map[0].nblocks, 32u);
+  EXPECT_EQ(map[1].head_block, 32u);
+  EXPECT_EQ(map[1].nblocks, 32u);
+  EXPECT_EQ(ReadAll(0, len), poor);
+  EXPECT_EQ(ReadAll(len, len), raw);
+}
+
 // A volume formatted without the back-payload feature is never given one.
 TEST_F(VolumeTest, VolumeWithoutBackPayloadFeatureUndoLogsOverwrites) {
   Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
