@@ -205,10 +205,11 @@ struct FileDevice::Impl {
       }
       const int res = ring.Run();
       if (res == -EINTR || res == -EAGAIN) continue;
-      const std::string what = (write ? "writing " : "reading ") + Where(len, offset, path);
-      if (res < 0) return Status::FromErrno(-res, what);
+      // Built only on failure: this runs for every transfer.
+      auto what = [&] { return (write ? "writing " : "reading ") + Where(len, offset, path); };
+      if (res < 0) return Status::FromErrno(-res, what());
       if (res == 0) {
-        return Status::IOError(what + ": the " + (block_device ? "device" : "file") +
+        return Status::IOError(what() + ": the " + (block_device ? "device" : "file") +
                                " ended early at offset " + std::to_string(offset + done) +
                                (block_device ? "" : " (was it truncated?)"));
       }

@@ -47,16 +47,6 @@ namespace {
 constexpr uint32_t kSlotSectors = kMaxExtentBlocks * kSectorsPerBlock;
 using SectorSet = std::bitset<kSlotSectors>;
 
-struct WriteScratch {
-  AlignedBuffer merged{kMaxExtentBlocks * kBlockSize};
-  AlignedBuffer payloads{kMaxExtentBlocks * kBlockSize};
-  AlignedBuffer undo{kMaxExtentBlocks * kBlockSize + kSectorSize};
-};
-WriteScratch& GetWriteScratch() {
-  thread_local WriteScratch scratch;
-  return scratch;
-}
-
 bool IsZeroBlock(const uint8_t* p) {
   // Every block of a written extent is tested, and nearly all of them have
   // a non-zero byte near their start: stop at the first non-zero 64 bytes
@@ -80,7 +70,7 @@ bool IsZeroBlock(const uint8_t* p) {
 // the entries are damaged: then nothing may be overwritten unprotected).
 SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
   SectorSet used;
-  std::vector<SlotExtent> extents;
+  thread_local std::vector<SlotExtent> extents;
   if (!DecodeSlot(entries, n, &extents).ok()) return used.set();
   for (const SlotExtent& e : extents) {
     const uint32_t start = e.first * kSectorsPerBlock + e.payload_start();
@@ -178,6 +168,21 @@ struct NewExtent {
     return set;
   }
 };
+
+// Per-thread buffers and extent lists of the write path, so that a write
+// allocates nothing.  A rewrite never starts another on the same thread
+// (commits and drains write no slot), so one set per thread suffices.
+struct WriteScratch {
+  AlignedBuffer merged{kMaxExtentBlocks * kBlockSize};
+  AlignedBuffer payloads{kMaxExtentBlocks * kBlockSize};
+  AlignedBuffer undo{kMaxExtentBlocks * kBlockSize + kSectorSize};
+  std::vector<SlotExtent> old, touched;
+  std::vector<NewExtent> extents;
+};
+WriteScratch& GetWriteScratch() {
+  thread_local WriteScratch scratch;
+  return scratch;
+}
 
 // Places each compressed payload at the front of its extent's place, or at
 // the back where the front would overwrite `protect`ed sectors and the back
@@ -369,14 +374,16 @@ Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool de
 
 Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   const uint32_t slot_n = v_.slot_blocks();
-  std::vector<SlotExtent> old;
+  WriteScratch& scratch = GetWriteScratch();
+  std::vector<SlotExtent>& old = scratch.old;
   INSITU_RETURN_IF_ERROR(v_.ReadSlot(slot_first_, &old));
   const auto b_lo = static_cast<uint32_t>(lo / kBlockSize);
   const auto b_hi = static_cast<uint32_t>((hi + kBlockSize - 1) / kBlockSize);
 
   // The merged range: the request widened to the extents it touches.
   uint32_t m0 = b_lo, m1 = b_hi;
-  std::vector<SlotExtent> touched;
+  std::vector<SlotExtent>& touched = scratch.touched;
+  touched.clear();
   for (const SlotExtent& e : old) {
     if (e.first < b_hi && e.first + e.nblocks > b_lo) {
       m0 = std::min(m0, e.first);
@@ -385,8 +392,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     }
   }
 
-  WriteScratch& scratch = GetWriteScratch();
-  std::vector<NewExtent> extents;
+  std::vector<NewExtent>& extents = scratch.extents;
   if (!RewriteRawInPlace(touched, m0, b_lo, b_hi, lo, hi, src, &extents)) {
     INSITU_RETURN_IF_ERROR(NewExtents(touched, m0, m1, b_lo, b_hi, lo, hi, src, &extents));
   }
