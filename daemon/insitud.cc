@@ -12,7 +12,7 @@
 //
 // Control protocol (a Unix socket, mode 0600, given with --control): the
 // client sends one line, the daemon answers one JSON object and closes.
-//   status   {"device", "export", "read_only", "listen", "superblock",
+//   status   {"device", "export", "read_only", "split_extents", "listen", "superblock",
 //             "volume", "server": {connections, requests_in_flight,
 //             requests_total, bytes_read, bytes_written, uptime_s}}
 //   other    {"error": "..."}
@@ -65,6 +65,7 @@ struct Args {
   std::vector<std::string> listen;
   std::string export_name;
   bool read_only = false;
+  bool no_split = false;
   std::string control;
   unsigned threads = 0;
   std::string pidfile;
@@ -309,6 +310,10 @@ int Main(int argc, char** argv) {
                  "block devices, buffered on regular files")
       ->default_val("auto")
       ->check(CLI::IsMember({"auto", "direct", "buffered"}));
+  app.add_flag("--no-split", args.no_split,
+               "Rewrite a compressed extent whole on every small write into it, instead of "
+               "cutting it into pieces around the write (for data that is randomly written, "
+               "then rewritten sequentially)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -350,6 +355,7 @@ int Main(int argc, char** argv) {
   }
   OpenOptions open_opts;
   open_opts.read_only = args.read_only;
+  open_opts.split_extents = !args.no_split;
   open_opts.log = [](const std::string& line) { std::cerr << line + "\n"; };
   std::unique_ptr<InsituVolume> vol;
   if (const Status st = InsituVolume::Open(std::move(file), open_opts, &vol); !st.ok()) {
@@ -386,6 +392,7 @@ int Main(int argc, char** argv) {
     return nlohmann::json{{"device", args.target},
                           {"export", args.export_name},
                           {"read_only", args.read_only},
+                          {"split_extents", !args.no_split},
                           {"listen", addresses},
                           {"superblock", SuperblockToJson(vol->superblock())},
                           {"volume", StatsToJson(vol->Stats())},

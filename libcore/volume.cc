@@ -48,6 +48,7 @@ InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superbloc
       deferred(dev.get(), DeferredDrainBytes(s)),
       read_only(opts.read_only),
       back_payloads((sb.incompat & format::kIncompatBackPayloads) != 0),
+      split_extents(opts.split_extents),
       log(opts.log ? opts.log : [](const std::string& line) { std::cerr << line << "\n"; }) {
   base_logical = sb.logical_bytes_written;
   base_payload = sb.payload_bytes_written;

@@ -49,6 +49,10 @@ std::string ProbeExisting(BlockDevice* dev);
 
 struct OpenOptions {
   bool read_only = false;
+  // A small write into part of a large compressed extent cuts the extent
+  // into pieces around it (docs/design.md, "Splitting extents"); false
+  // rewrites the whole extent every time instead.
+  bool split_extents = true;
   // Log lines (recovery notes, warnings).  Defaults to stderr.
   std::function<void(const std::string&)> log;
 };

@@ -97,6 +97,7 @@ class InsituVolume::Impl {
   const bool read_only;
   // The volume allows compressed payloads at the back of their place.
   const bool back_payloads;
+  const bool split_extents;  // OpenOptions::split_extents
   bool unclean = false;
   std::atomic<bool> closed{false};
   std::function<void(const std::string&)> log;

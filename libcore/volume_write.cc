@@ -308,7 +308,7 @@ Status SlotRewrite::NewExtents(const std::vector<SlotExtent>& touched, uint32_t 
 
   // New extents: maximal runs of non-zero blocks, compressed, also cut
   // where SplitCuts says.
-  const uint32_t cuts = SplitCuts(touched, v_.slot_blocks(), b_lo, b_hi);
+  const uint32_t cuts = v_.split_extents ? SplitCuts(touched, v_.slot_blocks(), b_lo, b_hi) : 0;
   auto is_zero = [&](uint32_t b) {
     const bool fully_zeroed =
         src == nullptr && uint64_t{b} * kBlockSize >= lo && uint64_t{b + 1} * kBlockSize <= hi;

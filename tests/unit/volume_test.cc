@@ -312,6 +312,25 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
   EXPECT_EQ(ReadAll(0, len), want);
 }
 
+// With OpenOptions::split_extents off, a small write rewrites the extent
+// whole.
+TEST_F(VolumeTest, SplittingCanBeTurnedOff) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
+  auto dev = std::make_unique<CountingDevice>(&mem_);
+  OpenOptions opts;
+  opts.split_extents = false;
+  ASSERT_TRUE(InsituVolume::Open(std::move(dev), opts, &vol_).ok());
+  const size_t len = 128 * 1024;
+  std::vector<uint8_t> want = Data(DataKind::kText, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), len, false).ok());
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(13 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 13 * kBlockSize, a.data(), a.size());
+  using Layout = std::vector<std::pair<uint64_t, uint32_t>>;
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 32}}));
+  EXPECT_EQ(ReadAll(0, len), want);
+}
+
 // Pieces of data that compresses poorly would not free a 4 KiB unit each,
 // so such an extent is rewritten whole, as are raw extents.
 TEST_F(VolumeTest, PoorlyCompressingAndRawExtentsAreNotSplit) {
