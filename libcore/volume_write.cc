@@ -8,10 +8,11 @@
 //     extent rewritten raw with the same bounds keeps its untouched blocks
 //     where they are (with codec none they are not even read);
 //  3. overlay the new bytes (or zeros);
-//  4. split the merged range into maximal runs of non-zero blocks; each run
-//     becomes one extent, compressed if that saves at least one sector, its
-//     payload placed at the run's own place; all-zero blocks become
-//     unwritten (no payload at all);
+//  4. split the merged range into maximal runs of non-zero blocks, also cut
+//     where SplitCuts says (an old compressed extent the request covers
+//     only in part becomes pieces); each run becomes one extent, compressed
+//     if that saves at least one sector, its payload placed at the run's
+//     own place; all-zero blocks become unwritten (no payload at all);
 //  5. pin the metadata page and find the data sectors that a copy of the
 //     metadata on disk still refers to ("protected"); if the new payloads
 //     overlap them, save those sectors' current bytes in an undo record,
@@ -101,8 +102,8 @@ uint32_t MinPieceBlocks(const SlotExtent& e) {
 // its whole payload again).  The extent's blocks outside the request are
 // cut into the largest aligned power-of-two pieces of the slot that do not
 // straddle the request, down to MinPieceBlocks (a buddy split: a 4 KiB
-// write into a 128 KiB extent of 2.5:1 data leaves pieces of 64, 32, 16,
-// 8 and 4 KiB, and the aligned 8 KiB holding the request).  Extents thus
+// write into a 128 KiB extent of 2.5:1 data leaves pieces of 64, 32, 16
+// and 8 KiB, and the aligned 8 KiB holding the request).  Extents thus
 // follow the size of the writes that made them: a write covering whole
 // pieces merges them again, and a later small write rewrites only the
 // small piece it lands in.  Raw extents are never cut: their untouched
