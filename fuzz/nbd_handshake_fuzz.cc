@@ -109,6 +109,13 @@ struct Harness {
 
 Harness* harness = nullptr;
 
+// Read-write, logging nowhere.
+insitu::OpenOptions QuietOpen() {
+  insitu::OpenOptions o;
+  o.log = [](const std::string&) {};
+  return o;
+}
+
 std::vector<uint8_t> MakeVolumeImage() {
   insitu::MemDevice mem(kVolumeBytes);
   insitu::FormatOptions format;
@@ -116,7 +123,7 @@ std::vector<uint8_t> MakeVolumeImage() {
   Check(insitu::FormatVolume(&mem, format), "formatting the volume");
   std::unique_ptr<insitu::InsituVolume> vol;
   Check(insitu::InsituVolume::Open(std::make_unique<insitu::testing::BorrowedDevice>(&mem),
-                                   {false, [](const std::string&) {}}, &vol),
+                                   QuietOpen(), &vol),
         "opening the volume");
   // Data, raw blocks and holes, so that reads and block status meet each.
   std::mt19937_64 rng(7);
@@ -310,7 +317,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (control & 2) {
     backing.contents() = harness->volume_image;
     Check(insitu::InsituVolume::Open(std::make_unique<insitu::testing::BorrowedDevice>(&backing),
-                                     {false, [](const std::string&) {}}, &volume),
+                                     QuietOpen(), &volume),
           "opening the volume");
     harness->exported.Set(volume.get());
   } else {

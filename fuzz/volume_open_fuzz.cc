@@ -68,8 +68,13 @@ void Check(const insitu::Status& st, const char* what) {
 }
 
 const insitu::OpenOptions& Options(bool read_only) {
-  static const insitu::OpenOptions rw{false, [](const std::string&) {}};
-  static const insitu::OpenOptions ro{true, [](const std::string&) {}};
+  auto quiet = [](bool ro) {
+    insitu::OpenOptions o;
+    o.read_only = ro;
+    o.log = [](const std::string&) {};
+    return o;
+  };
+  static const insitu::OpenOptions rw = quiet(false), ro = quiet(true);
   return read_only ? ro : rw;
 }
 
