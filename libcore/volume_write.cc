@@ -110,10 +110,6 @@ uint32_t MinPieceBlocks(const SlotExtent& e) {
 // blocks keep their place.
 uint32_t SplitCuts(const std::vector<SlotExtent>& touched, uint32_t slot_n, uint32_t b_lo,
                    uint32_t b_hi) {
-  // Bits [from, to).
-  auto bits = [](uint32_t from, uint32_t to) {
-    return to > from ? static_cast<uint32_t>((uint64_t{1} << to) - (uint64_t{1} << from)) : 0u;
-  };
   uint32_t cuts = 0;
   for (const SlotExtent& e : touched) {
     if (!e.compressed() || (b_lo <= e.first && e.first + e.nblocks <= b_hi)) continue;
@@ -131,8 +127,9 @@ uint32_t SplitCuts(const std::vector<SlotExtent>& touched, uint32_t slot_n, uint
       self(self, a + n / 2, n / 2);
     };
     split(split, 0, slot_n);
-    // Cuts strictly inside e, but not inside the widened request.
-    cuts |= buddy & bits(e.first + 1, e.first + e.nblocks) & ~bits(lo + 1, hi);
+    // Cuts strictly inside e, but not inside the widened request (e has
+    // more than m >= 2 blocks and hi - lo >= m, so both masks are valid).
+    cuts |= buddy & UnitMask(e.first + 1, e.nblocks - 1) & ~UnitMask(lo + 1, hi - lo - 1);
   }
   return cuts;
 }

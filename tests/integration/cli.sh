@@ -205,6 +205,11 @@ says "$OUT" "compression ratio:"
 expect 0 "$INSITU" status --json "$WORK/live.ctl"
 [[ $(field "$OUT" "j['volume']['logical_bytes_written']") -ge $((4 << 20)) ]] ||
   fail "status: logical_bytes_written below the 4 MiB written"
+[[ $(field "$OUT" "j['split_extents']") == True ]] || fail "status: extents not split by default"
+stop_daemon
+start_daemon "$live" live --no-split
+expect 0 "$INSITU" status --json "$WORK/live.ctl"
+[[ $(field "$OUT" "j['split_extents']") == False ]] || fail "status: --no-split not in effect"
 stop_daemon
 expect 0 "$INSITU" dump --json "$live"
 [[ $(field "$OUT" "j['superblock']['state']") == clean ]] || fail "volume not clean after SIGTERM"
