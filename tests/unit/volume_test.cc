@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -22,11 +25,13 @@ using testing::BorrowedDevice;
 using testing::DataKind;
 using testing::FillData;
 
-// Counts discards, flushes and bytes written that reach the backing device.
+// Counts discards, flushes and bytes written that reach the backing device,
+// and can hold a discard on cue (on_discard).
 class CountingDevice : public BorrowedDevice {
  public:
   using BorrowedDevice::BorrowedDevice;
   Status Discard(uint64_t offset, uint64_t len) override {
+    if (on_discard) on_discard();
     discarded += len;
     return BorrowedDevice::Discard(offset, len);
   }
@@ -43,6 +48,7 @@ class CountingDevice : public BorrowedDevice {
   std::atomic<uint64_t> flushes{0};
   std::atomic<uint64_t> data_written{0};  // bytes written at or after data_offset
   uint64_t data_offset = UINT64_MAX;
+  std::function<void()> on_discard;  // runs before each discard, on its thread
 };
 
 class VolumeTest : public ::testing::Test {
@@ -209,6 +215,51 @@ TEST_F(VolumeTest, TrimAndWriteZeroesFreeSpaceAndReadZeros) {
   EXPECT_EQ(ReadAll(0, rnd.size()), rnd);
   const VolumeStats s = vol_->Stats();
   EXPECT_EQ(s.blocks_raw + s.blocks_compressed, 24u);
+}
+
+// A discard can wait long on the device (a file system mounted with -o
+// discard trims synchronously).  Reads of the slot being discarded must not
+// wait for it: the units it frees are ones no extent uses.
+TEST_F(VolumeTest, ReadsOfASlotDoNotWaitForItsDiscard) {
+  Open();
+  auto rnd = Data(DataKind::kRandom, 128 * 1024);
+  ASSERT_TRUE(vol_->Write(0, rnd.data(), rnd.size(), false).ok());
+  ASSERT_TRUE(vol_->Discard(8 * kBlockSize, 8 * kBlockSize).ok());
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, released = false;
+  counting_->on_discard = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+  };
+  auto release = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+    cv.notify_all();
+  };
+  std::thread flusher([&] { EXPECT_TRUE(vol_->Flush().ok()); });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return entered; });
+  }
+  std::atomic<bool> read_done{false};
+  std::vector<uint8_t> got(8 * kBlockSize);
+  std::thread reader([&] {
+    EXPECT_TRUE(vol_->Read(0, got.data(), got.size()).ok());
+    read_done = true;
+  });
+  // Not a timing assertion: the read either finishes while the discard is
+  // held or never does; 20 s only bounds how long a broken build hangs.
+  for (int i = 0; i < 2000 && !read_done; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(read_done) << "a read of the slot waited for its discard";
+  release();
+  reader.join();
+  flusher.join();
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), rnd.begin()));
+  EXPECT_EQ(counting_->discarded, 8 * kBlockSize);
 }
 
 TEST_F(VolumeTest, RecompressingShrinksPayloadAndPunchesTail) {
