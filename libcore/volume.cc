@@ -137,16 +137,15 @@ Status InsituVolume::Impl::WriteSuperLocked() {
 }
 
 void InsituVolume::Impl::StartFlusher() {
-  if (sb.meta_mode != static_cast<uint8_t>(format::MetaMode::kWriteBack)) return;
+  // Write-through volumes have no pages to commit here, but the freed space
+  // still has to go back to the device without waiting for a FLUSH.
   flusher = std::thread([this] {
     const auto period = std::chrono::seconds(std::max<uint32_t>(1, sb.meta_interval_s));
     std::unique_lock<std::mutex> lock(flusher_mu);
     while (!flusher_cv.wait_for(lock, period, [this] { return flusher_stop; })) {
       lock.unlock();
-      if (meta.HasDirtyPages() && !failed) {
-        // A failure is logged by Commit() and stops the volume's writes.
-        if (Commit().ok()) ProcessDiscards();
-      }
+      // A failure is logged by Commit() and stops the volume's writes.
+      if (!failed && (!meta.HasDirtyPages() || Commit().ok())) ProcessDiscards(DiscardAge::kAged);
       lock.lock();
     }
   });
@@ -167,7 +166,7 @@ Status InsituVolume::Impl::Close() {
   if (read_only) return Status::OK();
   // A failed volume stays marked dirty: the next open must recover it.
   INSITU_RETURN_IF_ERROR(Commit().Annotate("closing"));
-  ProcessDiscards();
+  ProcessDiscards(DiscardAge::kAll);
   INSITU_RETURN_IF_ERROR(dev->Flush().Annotate("flushing before close"));
   std::lock_guard<std::mutex> lock(sb_mu);
   sb.state = static_cast<uint32_t>(format::VolumeState::kClean);
@@ -345,7 +344,7 @@ Status InsituVolume::Flush() {
   if (v.closed) return Status::InvalidArgument("volume is closed");
   if (v.read_only) return Status::OK();
   INSITU_RETURN_IF_ERROR(v.Commit());
-  v.ProcessDiscards();
+  v.ProcessDiscards(Impl::DiscardAge::kAll);
   return Status::OK();
 }
 

@@ -108,11 +108,17 @@ uint32_t UsedUnits(const uint8_t* entries, uint32_t n) {
 
 }  // namespace
 
-void InsituVolume::Impl::ProcessDiscards() {
+void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
   std::vector<std::pair<uint64_t, uint32_t>> work;
   {
     std::lock_guard<std::mutex> lock(discard_mu);
-    work.swap(pending_discards);
+    work.swap(aged_discards);
+    if (age == DiscardAge::kAll) {
+      work.insert(work.end(), pending_discards.begin(), pending_discards.end());
+      pending_discards.clear();
+    } else {
+      aged_discards.swap(pending_discards);
+    }
   }
   // Merge requests for the same slot.
   std::sort(work.begin(), work.end());

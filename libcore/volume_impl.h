@@ -58,9 +58,15 @@ class InsituVolume::Impl {
   Status Commit();
   Status RunCommit();
   // Space freed by a write is discarded only once no copy of the metadata
-  // on disk refers to it (after a commit).
+  // on disk refers to it (after a commit).  The flusher's walk discards
+  // only what was freed before its previous walk (kAged): space freed by an
+  // overwrite is usually taken again by the next overwrite of the same
+  // extent, and a hole punch holds the backing file's inode lock, with
+  // every read and write of the file waiting, for as long as the device
+  // takes to discard.  FLUSH and close take everything (kAll).
+  enum class DiscardAge { kAged, kAll };
   void QueueDiscard(uint64_t slot_first, uint32_t units);
-  void ProcessDiscards();
+  void ProcessDiscards(DiscardAge age);
   // Drains the deferred overwrites outside a commit.  A failed drain left
   // undo-protected overwrites unwritten: it stops the volume's writes (the
   // entries stay readable) and returns the error.
@@ -134,7 +140,9 @@ class InsituVolume::Impl {
   Status failure;  // guarded by commit_mu
 
   std::mutex discard_mu;
-  std::vector<std::pair<uint64_t, uint32_t>> pending_discards;  // (slot_first, unit mask)
+  // (slot_first, unit mask), guarded by discard_mu: freed since the last
+  // walk, and freed before it (the next walk's work).
+  std::vector<std::pair<uint64_t, uint32_t>> pending_discards, aged_discards;
   std::atomic<uint64_t> undo_records{0};
 
   std::thread flusher;
