@@ -91,8 +91,9 @@ Status DeferredWrites::Read(uint64_t offset, void* out, size_t len) {
   return Status::OK();
 }
 
-Status DeferredWrites::Drain() {
+Status DeferredWrites::Drain(uint64_t at_least) {
   std::lock_guard<std::mutex> drain_lock(drain_mu_);
+  if (queued_bytes() < at_least) return Status::OK();
   std::vector<EntryRef> batch;
   {
     std::lock_guard<std::mutex> lock(mu_);

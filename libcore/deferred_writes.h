@@ -6,9 +6,11 @@
 // Writing each record with FUA costs a device flush per overwrite.  Instead
 // the write path writes the record without FUA, queues the overwrite here
 // and completes; Drain() later issues one flush for every queued record and
-// then the overwrites.  Until an overwrite is drained, Read() returns its
-// bytes in place of the device's, so the volume reads as if it had been
-// written.
+// then the overwrites.  The volume drains in the background once
+// drain_bytes are queued (ShouldDrain) and makes writers drain themselves
+// only at twice that (MustDrain), so a writer rarely waits for the flush
+// and the queue holds at most about 2 x drain_bytes.  Until an overwrite is drained, Read() returns
+// its bytes in place of the device's, so the volume reads as if it had been written.
 //
 // Invariants:
 //  - an entry is queued only after its undo record's write has completed,
@@ -57,13 +59,19 @@ class DeferredWrites {
 
   // Flushes the device (making the undo records of the queued writes
   // durable), then writes every queued write in order.  Does nothing when
-  // the queue is empty.
-  Status Drain();
+  // the queue is empty, or when fewer than at_least bytes are queued once
+  // this drain's turn comes (a drain that ran meanwhile took them: callers
+  // waiting for the same reason would otherwise each flush for a handful).
+  Status Drain(uint64_t at_least = 0);
 
-  bool ShouldDrain() const { return queued_bytes_.load(std::memory_order_relaxed) >= drain_bytes_; }
+  uint64_t drain_bytes() const { return drain_bytes_; }
+  bool ShouldDrain() const { return queued_bytes() >= drain_bytes_; }
+  bool MustDrain() const { return queued_bytes() >= 2 * drain_bytes_; }
   bool empty() const { return queued_.load(std::memory_order_acquire) == 0; }
 
  private:
+  uint64_t queued_bytes() const { return queued_bytes_.load(std::memory_order_relaxed); }
+
   struct Entry {
     uint64_t offset;
     size_t len;

@@ -136,33 +136,48 @@ Status InsituVolume::Impl::WriteSuperLocked() {
   return st;
 }
 
-void InsituVolume::Impl::StartFlusher() {
+void InsituVolume::Impl::StartThreads() {
   // Write-through volumes have no pages to commit here, but the freed space
   // still has to go back to the device without waiting for a FLUSH.
   flusher = std::thread([this] {
     const auto period = std::chrono::seconds(std::max<uint32_t>(1, sb.meta_interval_s));
-    std::unique_lock<std::mutex> lock(flusher_mu);
-    while (!flusher_cv.wait_for(lock, period, [this] { return flusher_stop; })) {
+    std::unique_lock<std::mutex> lock(threads_mu);
+    while (!flusher_cv.wait_for(lock, period, [this] { return threads_stop; })) {
       lock.unlock();
       // A failure is logged by Commit() and stops the volume's writes.
       if (!failed && (!meta.HasDirtyPages() || Commit().ok())) ProcessDiscards(DiscardAge::kAged);
       lock.lock();
     }
   });
+  drainer = std::thread([this] {
+    std::unique_lock<std::mutex> lock(threads_mu);
+    while (true) {
+      drainer_cv.wait(lock, [this] { return threads_stop || drain_wanted; });
+      if (threads_stop) return;
+      drain_wanted = false;
+      lock.unlock();
+      // A failure is logged and stops the volume's writes; the writers and
+      // the next FLUSH see it.
+      if (!failed) (void)DrainDeferred(deferred.drain_bytes());
+      lock.lock();
+    }
+  });
 }
 
-void InsituVolume::Impl::StopFlusher() {
+void InsituVolume::Impl::StopThreads() {
   {
-    std::lock_guard<std::mutex> lock(flusher_mu);
-    flusher_stop = true;
+    std::lock_guard<std::mutex> lock(threads_mu);
+    threads_stop = true;
   }
   flusher_cv.notify_all();
+  drainer_cv.notify_all();
   if (flusher.joinable()) flusher.join();
+  if (drainer.joinable()) drainer.join();
 }
 
 Status InsituVolume::Impl::Close() {
   if (closed.exchange(true)) return Status::OK();
-  StopFlusher();
+  StopThreads();
   if (read_only) return Status::OK();
   // A failed volume stays marked dirty: the next open must recover it.
   INSITU_RETURN_IF_ERROR(Commit().Annotate("closing"));
@@ -259,7 +274,7 @@ Status InsituVolume::Open(std::unique_ptr<BlockDevice> dev, const OpenOptions& o
     if (v.unclean) v.sb.unclean_count++;
     v.seq_limit = sb.next_write_seq + Impl::kSeqReservation;
     INSITU_RETURN_IF_ERROR(v.WriteSuperLocked().Annotate("marking the volume in use"));
-    v.StartFlusher();
+    v.StartThreads();
   }
   out->reset(new InsituVolume(std::move(impl)));
   return Status::OK();

@@ -62,10 +62,20 @@ Status InsituVolume::Impl::RunCommit() {
   return st;
 }
 
-Status InsituVolume::Impl::DrainDeferred() {
-  Status st = deferred.Drain();
+Status InsituVolume::Impl::DrainDeferred(uint64_t at_least) {
+  Status st = deferred.Drain(at_least);
   if (!st.ok()) Fail(st);
   return st;
+}
+
+Status InsituVolume::Impl::AfterDeferredWrite() {
+  if (deferred.MustDrain()) return DrainDeferred(2 * deferred.drain_bytes());
+  if (deferred.ShouldDrain()) {
+    std::lock_guard<std::mutex> lock(threads_mu);
+    drain_wanted = true;
+    drainer_cv.notify_one();
+  }
+  return Status::OK();
 }
 
 void InsituVolume::Impl::Fail(const Status& why) {

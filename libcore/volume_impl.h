@@ -67,10 +67,15 @@ class InsituVolume::Impl {
   enum class DiscardAge { kAged, kAll };
   void QueueDiscard(uint64_t slot_first, uint32_t units);
   void ProcessDiscards(DiscardAge age);
-  // Drains the deferred overwrites outside a commit.  A failed drain left
+  // Drains the deferred overwrites outside a commit (see
+  // DeferredWrites::Drain for at_least).  A failed drain left
   // undo-protected overwrites unwritten: it stops the volume's writes (the
   // entries stay readable) and returns the error.
-  Status DrainDeferred();
+  Status DrainDeferred(uint64_t at_least = 0);
+  // Called by a writer that queued overwrites: wakes the drainer thread
+  // when the queue is due, or drains here when it is overdue (the drainer
+  // cannot keep up, so writers wait, which bounds the queue's memory).
+  Status AfterDeferredWrite();
   // Stops all further writes after a failure that left the data area in a
   // state only recovery at the next open can repair.
   void Fail(const Status& why);
@@ -85,8 +90,10 @@ class InsituVolume::Impl {
   Status WriteSuperLocked();
 
   Status Close();
-  void StartFlusher();
-  void StopFlusher();
+  // The flusher (write-back commits, discards) and the drainer (deferred
+  // overwrites) of a read-write volume.
+  void StartThreads();
+  void StopThreads();
 
   void Log(const std::string& line) const { log(line); }
 
@@ -122,10 +129,11 @@ class InsituVolume::Impl {
   std::atomic<uint64_t> next_seq{0};
   std::atomic<uint64_t> seq_limit{0};  // changed only under sb_mu
   static constexpr uint64_t kSeqReservation = uint64_t{1} << 24;
-  // Queued overwrites above which a writer drains them: bounds the memory
-  // they hold (and so the daemon's RSS) while amortizing one flush over
-  // many overwrites.  A quarter of the journal ring, which frees its space
-  // only at commits anyway, and never more than 8 MiB.
+  // Queued overwrites above which the drainer drains them (and at twice
+  // which writers do): bounds the memory they hold (and so the daemon's
+  // RSS) while amortizing one flush over many overwrites.  A quarter of the
+  // journal ring, which frees its space only at commits anyway, and never
+  // more than 8 MiB.
   static uint64_t DeferredDrainBytes(const format::Superblock& sb) {
     return std::min<uint64_t>(
         uint64_t{8} << 20,
@@ -145,10 +153,11 @@ class InsituVolume::Impl {
   std::vector<std::pair<uint64_t, uint32_t>> pending_discards, aged_discards;
   std::atomic<uint64_t> undo_records{0};
 
-  std::thread flusher;
-  std::mutex flusher_mu;
-  std::condition_variable flusher_cv;
-  bool flusher_stop = false;
+  std::thread flusher, drainer;
+  std::mutex threads_mu;  // guards the flags below
+  std::condition_variable flusher_cv, drainer_cv;
+  bool threads_stop = false;
+  bool drain_wanted = false;
 };
 
 }  // namespace insitu

@@ -492,7 +492,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   v_.payload_sectors += d_sectors;
   v_.blocks_bad += d_bad;
   if (const uint32_t freed = old_used & ~new_used; freed != 0) v_.QueueDiscard(slot_first_, freed);
-  if (defer && v_.deferred.ShouldDrain()) return v_.DrainDeferred();
+  if (defer) return v_.AfterDeferredWrite();
   return Status::OK();
 }
 
