@@ -95,6 +95,35 @@ TEST(DeferredWrites, DrainFlushesBeforeWritingInQueueOrder) {
   EXPECT_EQ(log.Entries().size(), 4u);
 }
 
+// The soft and hard limits, and a drain called for more bytes than are
+// left (another drain took them) touching nothing.
+TEST(DeferredWrites, DrainAtLeastSkipsWhatAnotherDrainTook) {
+  MemDevice mem(1 << 20);
+  LogWritesDevice log(&mem);
+  DeferredWrites q(&log, 8192);
+  q.Add(0, Bytes(8192, 1).data(), 8192);
+  EXPECT_TRUE(q.ShouldDrain());
+  EXPECT_FALSE(q.MustDrain());
+  q.Add(16384, Bytes(8192, 2).data(), 8192);
+  EXPECT_TRUE(q.MustDrain());
+  ASSERT_TRUE(q.Drain(2 * q.drain_bytes()).ok());
+  EXPECT_TRUE(q.empty());
+  const size_t after_first = log.Entries().size();
+  EXPECT_EQ(after_first, 3u);  // flush, two writes
+  // A writer that found the queue full and waited behind that drain.
+  q.Add(0, Bytes(4096, 3).data(), 4096);
+  ASSERT_TRUE(q.Drain(2 * q.drain_bytes()).ok());
+  EXPECT_EQ(log.Entries().size(), after_first);
+  EXPECT_FALSE(q.empty());
+  std::vector<uint8_t> got(4096);
+  ASSERT_TRUE(q.Read(0, got.data(), got.size()).ok());
+  EXPECT_EQ(got, Bytes(4096, 3));
+  // Without a floor it drains.
+  ASSERT_TRUE(q.Drain().ok());
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(DeviceBytes(&mem, 0, 4096), Bytes(4096, 3));
+}
+
 TEST(DeferredWrites, FailedDrainKeepsEveryEntryReadable) {
   MemDevice mem(1 << 20);
   FaultDevice fault(&mem);

@@ -503,6 +503,36 @@ TEST_F(VolumeTest, RawOverwritesWaitForOneFlushAndWriteOnlyTheirBlocks) {
   EXPECT_EQ(ReadAll(0, want.size()), want);
 }
 
+// Past the queue's soft limit the drainer thread writes the deferred
+// overwrites out, without a FLUSH and without the writers waiting for it.
+TEST_F(VolumeTest, DrainerWritesDeferredOverwritesPastTheSoftLimit) {
+  Format({CodecId::kNone, 0}, format::MetaMode::kWriteBack);
+  Open();
+  const size_t len = 1 << 20;
+  std::vector<uint8_t> want = Data(DataKind::kRandom, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  counting_->data_offset = vol_->superblock().data_offset;
+  counting_->data_written = 0;
+  // This device's 1 MiB journal drains at a quarter of its ring: 100
+  // overwritten blocks are over that and under twice it.
+  for (uint64_t i = 0; i < 100; ++i) {
+    const uint64_t off = i * 2 * kBlockSize;
+    auto bytes = Data(DataKind::kRandom, kBlockSize, 100 + i);
+    ASSERT_TRUE(vol_->Write(off, bytes.data(), kBlockSize, false).ok());
+    std::memcpy(want.data() + off, bytes.data(), kBlockSize);
+  }
+  for (int i = 0; i < 200 && counting_->data_written == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GT(counting_->data_written, 0u);
+  EXPECT_EQ(ReadAll(0, want.size()), want);
+  ASSERT_TRUE(vol_->Close().ok());
+  vol_.reset();
+  Open();
+  EXPECT_EQ(ReadAll(0, want.size()), want);
+}
+
 TEST_F(VolumeTest, CorruptPayloadIsAnErrorNeverGarbage) {
   Open();
   auto text = Data(DataKind::kText, 32 * 1024);
