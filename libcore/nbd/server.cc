@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -262,9 +263,27 @@ struct Job {
 };
 
 // One reply, ready to be written: the header (and any small payload) and,
-// for a read, the data buffer itself, so read data is never copied.
+// for a read, the data buffer itself, so read data is never copied.  The
+// fixed-size headers of the common replies live inline, so a reply costs
+// no allocation; error and block-status chunks, of any length, in
+// long_head.
 struct Reply {
-  std::vector<uint8_t> head;
+  Reply() = default;
+  template <size_t N>
+  Reply(const std::array<uint8_t, N>& head, DataBuffer d, size_t len)
+      : data(std::move(d)), data_len(len) {
+    static_assert(N <= nbd::kOffsetDataHeaderSize);
+    std::copy(head.begin(), head.end(), short_head.begin());
+    short_len = N;
+  }
+  explicit Reply(std::vector<uint8_t> head) : long_head(std::move(head)) {}
+
+  const uint8_t* head() const { return short_len > 0 ? short_head.data() : long_head.data(); }
+  size_t head_size() const { return short_len > 0 ? short_len : long_head.size(); }
+
+  std::array<uint8_t, nbd::kOffsetDataHeaderSize> short_head{};
+  size_t short_len = 0;
+  std::vector<uint8_t> long_head;
   DataBuffer data;
   size_t data_len = 0;
   uint64_t charge = 0;  // released once the reply is on the wire
@@ -395,6 +414,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::deque<Reply> send_queue_;
   bool sending_ = false;  // some thread holds the send role
   bool dead_ = false;     // writing failed; replies are dropped (send role only)
+  // Kept between batches so that sending allocates nothing (send role only).
+  std::deque<Reply> send_batch_;
+  std::vector<iovec> send_iov_;
 };
 
 Connection::Io Connection::Recv(void* buf, size_t len) {
@@ -742,19 +764,16 @@ void Connection::WaitIdle() {
 Reply Connection::OkReply(const nbd::Request& r) const {
   // A simple reply is valid for every successful command but a read, and
   // is the shorter one.
-  const auto head = nbd::EncodeSimpleReply(0, r.cookie);
-  return Reply{{head.begin(), head.end()}, nullptr, 0, 0};
+  return Reply(nbd::EncodeSimpleReply(0, r.cookie), nullptr, 0);
 }
 
 Reply Connection::ErrorReply(const nbd::Request& r, uint32_t error,
                              std::string_view message) const {
   if (structured_) {
-    return Reply{nbd::EncodeErrorChunk(nbd::kReplyFlagDone, r.cookie, error, message), nullptr, 0,
-                 0};
+    return Reply(nbd::EncodeErrorChunk(nbd::kReplyFlagDone, r.cookie, error, message));
   }
   // A simple error reply to a read carries no data, as the protocol asks.
-  const auto head = nbd::EncodeSimpleReply(error, r.cookie);
-  return Reply{{head.begin(), head.end()}, nullptr, 0, 0};
+  return Reply(nbd::EncodeSimpleReply(error, r.cookie), nullptr, 0);
 }
 
 void Connection::Execute(Job& job) {
@@ -774,17 +793,15 @@ void Connection::Execute(Job& job) {
       if (!st.ok()) break;
       server_.bytes_read += r.length;
       if (!structured_) {
-        const auto head = nbd::EncodeSimpleReply(0, r.cookie);
-        reply = Reply{{head.begin(), head.end()}, std::move(buf), r.length, 0};
+        reply = Reply(nbd::EncodeSimpleReply(0, r.cookie), std::move(buf), r.length);
       } else if (r.length == 0) {
         // A data chunk must carry at least one byte.
-        const auto head =
-            nbd::EncodeChunkHeader(nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0);
-        reply = Reply{{head.begin(), head.end()}, nullptr, 0, 0};
+        reply = Reply(nbd::EncodeChunkHeader(nbd::kReplyFlagDone, nbd::kReplyTypeNone, r.cookie, 0),
+                      nullptr, 0);
       } else {
-        const auto head =
-            nbd::EncodeOffsetDataHeader(nbd::kReplyFlagDone, r.cookie, r.offset, r.length);
-        reply = Reply{{head.begin(), head.end()}, std::move(buf), r.length, 0};
+        reply =
+            Reply(nbd::EncodeOffsetDataHeader(nbd::kReplyFlagDone, r.cookie, r.offset, r.length),
+                  std::move(buf), r.length);
       }
       break;
     }
@@ -819,9 +836,8 @@ void Connection::Execute(Job& job) {
         st = Status::IOError("the device returned an empty allocation map");
         break;
       }
-      reply = Reply{nbd::EncodeBlockStatusChunk(nbd::kReplyFlagDone, r.cookie, kAllocationContextId,
-                                                descriptors),
-                    nullptr, 0, 0};
+      reply = Reply(nbd::EncodeBlockStatusChunk(nbd::kReplyFlagDone, r.cookie, kAllocationContextId,
+                                                descriptors));
       break;
     }
   }
@@ -834,7 +850,7 @@ void Connection::Execute(Job& job) {
                               st.code() == Status::Code::kNoSpace;
     if (!client_fault) Log("command " + std::to_string(r.type) + " failed: " + st.ToString());
     reply = ErrorReply(r, error, client_fault ? st.message() : ErrnoText(st.err()));
-  } else if (reply.head.empty()) {
+  } else if (reply.head_size() == 0) {
     reply = OkReply(r);
   }
   reply.charge = job.charge;
@@ -844,7 +860,7 @@ void Connection::Execute(Job& job) {
 // Whoever finds the send role free takes it and writes every queued reply,
 // including ones queued by others meanwhile; the others return at once.
 void Connection::Send(Reply reply) {
-  std::deque<Reply> batch;
+  std::deque<Reply>& batch = send_batch_;
   {
     std::lock_guard<std::mutex> lock(send_mu_);
     send_queue_.push_back(std::move(reply));
@@ -871,10 +887,10 @@ void Connection::Send(Reply reply) {
 
 void Connection::WriteBatch(std::deque<Reply>* batch) {
   if (dead_) return;
-  std::vector<iovec> iov;
-  iov.reserve(batch->size() * 2);
+  std::vector<iovec>& iov = send_iov_;
+  iov.clear();
   for (Reply& r : *batch) {
-    iov.push_back({r.head.data(), r.head.size()});
+    iov.push_back({const_cast<uint8_t*>(r.head()), r.head_size()});
     if (r.data_len > 0) iov.push_back({r.data.get(), r.data_len});
   }
   size_t i = 0;
