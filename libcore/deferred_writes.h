@@ -9,8 +9,9 @@
 // then the overwrites.  The volume drains in the background once
 // drain_bytes are queued (ShouldDrain) and makes writers drain themselves
 // only at twice that (MustDrain), so a writer rarely waits for the flush
-// and the queue holds at most about 2 x drain_bytes.  Until an overwrite is drained, Read() returns
-// its bytes in place of the device's, so the volume reads as if it had been written.
+// and the queue holds at most about 2 x drain_bytes.  Until an overwrite
+// is drained, Read() returns its bytes in place of the device's, so the
+// volume reads as if it had been written.
 //
 // Invariants:
 //  - an entry is queued only after its undo record's write has completed,
