@@ -75,6 +75,15 @@ class VolumeTest : public ::testing::Test {
     EXPECT_TRUE(st.ok()) << st.ToString();
     return out;
   }
+  // The volume reads want from offset 0, and still does after a clean
+  // close and a reopen.
+  void ExpectReadsBackAcrossReopen(const std::vector<uint8_t>& want) {
+    EXPECT_EQ(ReadAll(0, want.size()), want);
+    ASSERT_TRUE(vol_->Close().ok());
+    vol_.reset();
+    Open();
+    EXPECT_EQ(ReadAll(0, want.size()), want);
+  }
   std::vector<uint8_t> Data(DataKind kind, size_t len, uint64_t seed = 1) {
     std::mt19937_64 rng(seed);
     std::vector<uint8_t> v(len);
@@ -328,11 +337,7 @@ TEST_F(VolumeTest, CommittedExtentIsOverwrittenBesideItselfWithoutUndo) {
   auto rnd = Data(DataKind::kRandom, len, 9);
   ASSERT_TRUE(vol_->Write(0, rnd.data(), len, false).ok());
   EXPECT_EQ(vol_->Stats().undo_records, 1u);
-  EXPECT_EQ(ReadAll(0, len), rnd);
-  ASSERT_TRUE(vol_->Close().ok());
-  vol_.reset();
-  Open();
-  EXPECT_EQ(ReadAll(0, len), rnd);
+  ExpectReadsBackAcrossReopen(rnd);
 }
 
 // The extents of slot 0 (blocks 0-31) as (head block, blocks) pairs.
@@ -382,11 +387,7 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
   ASSERT_TRUE(vol_->Write(0, half.data(), half.size(), false).ok());
   std::memcpy(want.data(), half.data(), half.size());
   EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 16}, {16, 16}}));
-  EXPECT_EQ(ReadAll(0, len), want);
-  ASSERT_TRUE(vol_->Close().ok());
-  vol_.reset();
-  Open();
-  EXPECT_EQ(ReadAll(0, len), want);
+  ExpectReadsBackAcrossReopen(want);
 }
 
 // With OpenOptions::split_extents off, a small write rewrites the extent
@@ -496,11 +497,7 @@ TEST_F(VolumeTest, RawOverwritesWaitForOneFlushAndWriteOnlyTheirBlocks) {
   EXPECT_GE(counting_->flushes, 2u);
   EXPECT_LE(counting_->data_written, changed_blocks * kBlockSize);
   EXPECT_GT(counting_->data_written, 0u);
-  EXPECT_EQ(ReadAll(0, want.size()), want);
-  ASSERT_TRUE(vol_->Close().ok());
-  vol_.reset();
-  Open();
-  EXPECT_EQ(ReadAll(0, want.size()), want);
+  ExpectReadsBackAcrossReopen(want);
 }
 
 // Past the queue's soft limit the drainer thread writes the deferred
@@ -526,11 +523,7 @@ TEST_F(VolumeTest, DrainerWritesDeferredOverwritesPastTheSoftLimit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_GT(counting_->data_written, 0u);
-  EXPECT_EQ(ReadAll(0, want.size()), want);
-  ASSERT_TRUE(vol_->Close().ok());
-  vol_.reset();
-  Open();
-  EXPECT_EQ(ReadAll(0, want.size()), want);
+  ExpectReadsBackAcrossReopen(want);
 }
 
 TEST_F(VolumeTest, CorruptPayloadIsAnErrorNeverGarbage) {
