@@ -21,9 +21,10 @@
 // supported zeros are written instead).  A block device gets BLKDISCARD of
 // the whole sectors inside the range, ignored where the device does not
 // support it: the range then need not read back as zeros, so layers above
-// must not rely on that for block devices.  WriteZeroes(): FALLOC_FL_ZERO_RANGE
-// (then PUNCH_HOLE) / BLKZEROOUT, falling back to writing zeros; with fua it
-// is followed by a flush.
+// must not rely on that for block devices.  WriteZeroes(): a file gets a
+// hole punched, like Discard() (it deallocates, as BlockDevice allows); a
+// block device gets BLKZEROOUT; both fall back to writing zeros, and with
+// fua are followed by a flush.
 //
 // A writable open of a block device claims it with O_EXCL (fails with kBusy
 // if it is mounted or otherwise claimed).  Files are created mode 0600.  A

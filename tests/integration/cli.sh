@@ -43,6 +43,13 @@ says "$OUT" "lz4"
 [[ $(stat -c %s "$vol") -eq $((64 << 20)) ]] || fail "$vol is not 64 MiB"
 allocated=$(($(stat -c %b "$vol") * $(stat -c %B "$vol")))
 [[ $allocated -lt $((8 << 20)) ]] || fail "$vol is not sparse: $allocated bytes allocated"
+# Neither the metadata area nor the journal (8 MiB here) is allocated until
+# it is written: only the two superblocks are.
+big="$WORK/big.img"
+expect 0 "$INSITU" format -q --size 1G "$big"
+allocated=$(($(stat -c %b "$big") * $(stat -c %B "$big")))
+[[ $allocated -le $((64 << 10)) ]] || fail "a new 1 GiB volume holds $allocated bytes"
+rm -f "$big"
 
 step "format: refuses an existing volume without --force, accepts it with"
 before=$(checksum "$vol")
