@@ -481,6 +481,62 @@ TEST_P(FaultVolume, OpenOnAFailingDeviceReportsAnError) {
   ExpectContents("after the device recovered");
 }
 
+// Only write-back volumes queue overwrites for the drainer thread: in
+// write-through mode every write's own commit drains.
+class FaultVolumeWriteBack : public FaultVolume {};
+
+// Past the queue's soft limit the drainer thread drains on its own.  When
+// its flush fails, no writer sees the error at once, so the volume must
+// stop taking writes (and FLUSH must fail), reads must still return every
+// acknowledged overwrite, and the next open recovers: each overwrite then
+// reads back old or new, and every other block as stored.
+TEST_P(FaultVolumeWriteBack, FailedBackgroundDrainStopsWritesAndLosesNothingStored) {
+  Populate();
+  ASSERT_FALSE(HasFatalFailure());
+  // Incompressible slots stay raw extents, whose overwrites are queued.
+  for (uint64_t slot = 5; slot < 10; ++slot) Put(slot * kSlot, Data(DataKind::kRandom, kSlot));
+  ASSERT_TRUE(vol_->Flush().ok());
+  fault_->FailNth(FaultOp::kFlush, 1, EIO);
+  // An 8 MiB device has a 1 MiB journal: the drainer starts at a quarter of
+  // its ring (62 blocks) and writers drain themselves only at twice that.
+  // The blocks are apart, so no write has to drain first.  Once the
+  // drainer has failed, writes fail; until then they are acknowledged.
+  std::vector<uint64_t> offsets;
+  Status st;
+  for (uint64_t i = 0; i < 100 && st.ok(); ++i) {
+    const uint64_t off = 5 * kSlot + i * 2 * kBlockSize;
+    st = Try(off, Data(DataKind::kRandom, kBlockSize));
+    if (st.ok()) offsets.push_back(off);
+  }
+  ASSERT_GE(offsets.size(), 62u) << "a write failed before the queue reached its soft limit: "
+                                 << st.ToString();
+  const std::vector<uint8_t> same(reference_.begin(), reference_.begin() + kBlockSize);
+  for (int i = 0; i < 500 && st.ok(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    st = vol_->Write(0, same.data(), same.size(), false);  // changes nothing if it lands
+  }
+  EXPECT_EQ(fault_->faults(), 1u);
+  EXPECT_EQ(st.err(), EIO) << "writes still taken after the drainer's flush failed: "
+                           << st.ToString();
+  EXPECT_FALSE(vol_->Flush().ok());
+  std::vector<uint8_t> buf(kBlockSize);
+  for (uint64_t off : offsets) {
+    ASSERT_TRUE(vol_->Read(off, buf.data(), kBlockSize).ok());
+    EXPECT_EQ(std::memcmp(buf.data(), attempted_.data() + off, kBlockSize), 0)
+        << "acknowledged overwrite at " << off << " not read back";
+  }
+  ExpectContents("after the failed background drain");
+  Reopen();
+  EXPECT_TRUE(vol_->was_unclean());
+  ExpectContents("after reopening");
+}
+
+INSTANTIATE_TEST_SUITE_P(FaultModes, FaultVolumeWriteBack,
+                         ::testing::Values(format::MetaMode::kWriteBack),
+                         [](const ::testing::TestParamInfo<format::MetaMode>&) {
+                           return std::string("WriteBack");
+                         });
+
 INSTANTIATE_TEST_SUITE_P(FaultModes, FaultVolume,
                          ::testing::Values(format::MetaMode::kWriteThrough,
                                            format::MetaMode::kWriteBack),
