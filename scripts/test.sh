@@ -16,14 +16,14 @@ failed=0
 
 # step NAME COMMAND...: runs it, records PASS/FAIL, returns its success.
 step() {
-  local name=$1
+  local name=$1 start=$SECONDS
   shift
   echo "=== $name"
   if "$@"; then
-    summary+=("PASS  $name")
+    summary+=("PASS  $name ($((SECONDS - start)) s)")
     return 0
   fi
-  summary+=("FAIL  $name")
+  summary+=("FAIL  $name ($((SECONDS - start)) s)")
   failed=1
   return 1
 }
