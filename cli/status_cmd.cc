@@ -182,6 +182,8 @@ void PrintText(const json& r) {
   line("logical written:", Bytes(vol("logical_bytes_written")));
   line("payload written:", Bytes(vol("payload_bytes_written")));
   line("metadata written:", Bytes(vol("meta_bytes_written")));
+  line("units saved by refits:",
+       Count(vol("refit_units_saved")) + " (" + Count(vol("refits")) + " retries)");
   line("read errors:", Count(vol("read_errors")));
   line("unclean shutdowns:", Count(sb("unclean_count")));
   std::string connections = Count(srv("connections"));

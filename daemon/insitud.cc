@@ -12,8 +12,8 @@
 //
 // Control protocol (a Unix socket, mode 0600, given with --control): the
 // client sends one line, the daemon answers one JSON object and closes.
-//   status   {"device", "export", "read_only", "split_extents", "listen", "superblock",
-//             "volume", "server": {connections, requests_in_flight,
+//   status   {"device", "export", "read_only", "split_extents", "fit_units", "listen",
+//             "superblock", "volume", "server": {connections, requests_in_flight,
 //             requests_total, bytes_read, bytes_written, uptime_s}}
 //   other    {"error": "..."}
 // The field names are an interface (`insitu status` reads them).
@@ -66,6 +66,7 @@ struct Args {
   std::string export_name;
   bool read_only = false;
   bool no_split = false;
+  bool no_fit = false;
   std::string control;
   unsigned threads = 0;
   std::string pidfile;
@@ -314,6 +315,9 @@ int Main(int argc, char** argv) {
                "Rewrite a compressed extent whole on every small write into it, instead of "
                "cutting it into pieces around the write (for data that is randomly written, "
                "then rewritten sequentially)");
+  app.add_flag("--no-fit", args.no_fit,
+               "Never compress a payload again at the codec's tighter level when that would "
+               "save a 4 KiB unit of space (saves compression time on writes)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -356,6 +360,7 @@ int Main(int argc, char** argv) {
   OpenOptions open_opts;
   open_opts.read_only = args.read_only;
   open_opts.split_extents = !args.no_split;
+  open_opts.fit_units = !args.no_fit;
   open_opts.log = [](const std::string& line) { std::cerr << line + "\n"; };
   std::unique_ptr<InsituVolume> vol;
   if (const Status st = InsituVolume::Open(std::move(file), open_opts, &vol); !st.ok()) {
@@ -393,6 +398,7 @@ int Main(int argc, char** argv) {
                           {"export", args.export_name},
                           {"read_only", args.read_only},
                           {"split_extents", !args.no_split},
+                          {"fit_units", !args.no_fit},
                           {"listen", addresses},
                           {"superblock", SuperblockToJson(vol->superblock())},
                           {"volume", StatsToJson(vol->Stats())},

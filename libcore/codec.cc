@@ -3,6 +3,7 @@
 #include <lz4hc.h>
 #include <zstd.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -130,6 +131,31 @@ std::string FormatCodecSpec(const CodecSpec& spec) {
   std::string s = CodecName(spec.id);
   if (spec.level != 0) s += ":" + std::to_string(spec.level);
   return s;
+}
+
+bool TighterCodecSpec(const CodecSpec& spec, CodecSpec* out) {
+  const CodecInfo* info = FindInfo(spec.id);
+  if (info == nullptr || !info->has_level) return false;
+  const int level = spec.level != 0 ? spec.level : info->default_level;
+  int tighter = 0;
+  switch (spec.id) {
+    case CodecId::kLz4:
+      if (level < LZ4HC_CLEVEL_MIN) return false;  // the fast compressor
+      tighter = level + 3;
+      break;
+    case CodecId::kZstd:
+      tighter = level < 1 ? 1 : level + 2;
+      break;
+    case CodecId::kZlib:
+      tighter = level + 3;
+      break;
+    default:
+      return false;
+  }
+  tighter = std::min(tighter, info->max_level);
+  if (tighter <= level) return false;
+  *out = CodecSpec{spec.id, tighter};
+  return true;
 }
 
 Status Codec::Create(const CodecSpec& spec, std::unique_ptr<Codec>* out) {

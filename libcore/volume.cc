@@ -219,6 +219,13 @@ Status InsituVolume::Open(std::unique_ptr<BlockDevice> dev, const OpenOptions& o
 
   auto impl = std::make_unique<Impl>(std::move(dev), sb, std::move(codec), opts);
   Impl& v = *impl;
+  CodecSpec tighter;
+  if (opts.fit_units && !opts.read_only &&
+      TighterCodecSpec({static_cast<CodecId>(sb.codec), sb.codec_level}, &tighter)) {
+    std::unique_ptr<Codec> codec_tighter;
+    INSITU_RETURN_IF_ERROR(Codec::Create(tighter, &codec_tighter));
+    v.fitter = std::make_unique<UnitFitter>(std::move(codec_tighter));
+  }
   if (source == SuperblockSource::kBackup) {
     v.Log("insitu: primary superblock damaged (" + primary_error + "); using the backup");
   }
@@ -414,6 +421,10 @@ VolumeStats InsituVolume::Stats() const {
   s.meta_bytes_written =
       v.base_meta + v.meta.bytes_written() + v.super_written.load() + v.journal.bytes_written();
   s.undo_records = v.undo_records.load();
+  if (v.fitter) {
+    s.refits = v.fitter->tries();
+    s.refit_units_saved = v.fitter->units_saved();
+  }
   s.blocks_compressed = static_cast<uint64_t>(v.blocks_compressed.load());
   s.blocks_raw = static_cast<uint64_t>(v.blocks_raw.load());
   s.data_blocks = v.sb.data_blocks;

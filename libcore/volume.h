@@ -53,6 +53,10 @@ struct OpenOptions {
   // into pieces around it (docs/design.md, "Splitting extents"); false
   // rewrites the whole extent every time instead.
   bool split_extents = true;
+  // A compressed payload that spills a little into its last 4 KiB unit is
+  // compressed again with the codec's tighter level, to save that unit
+  // (unit_fit.h); false never retries.
+  bool fit_units = true;
   // Log lines (recovery notes, warnings).  Defaults to stderr.
   std::function<void(const std::string&)> log;
 };
@@ -63,6 +67,8 @@ struct VolumeStats {
   uint64_t payload_bytes_written = 0;  // data-area bytes written to the backing device
   uint64_t meta_bytes_written = 0;     // metadata, journal and superblock bytes written
   uint64_t undo_records = 0;           // overwrites that saved old bytes first (this open)
+  uint64_t refits = 0;                 // payloads compressed again to save a unit (this open)
+  uint64_t refit_units_saved = 0;      // 4 KiB units those retries saved (this open)
   uint64_t blocks_compressed = 0;      // blocks in compressed extents
   uint64_t blocks_raw = 0;             // blocks stored uncompressed
   uint64_t blocks_unwritten = 0;       // blocks that read as zeros with no payload

@@ -18,6 +18,7 @@
 #include "libcore/format.h"
 #include "libcore/meta_bitmap.h"
 #include "libcore/undo_journal.h"
+#include "libcore/unit_fit.h"
 #include "libcore/volume.h"
 
 namespace insitu {
@@ -101,6 +102,7 @@ class InsituVolume::Impl {
   format::Superblock sb;  // geometry is immutable; the rest guarded by sb_mu
   std::mutex sb_mu;
   std::unique_ptr<Codec> codec;
+  std::unique_ptr<UnitFitter> fitter;  // null: payloads are not refitted
   MetaBitmap meta;
   UndoJournal journal;
   // Overwrites waiting for their undo records to be durable.  Every read of

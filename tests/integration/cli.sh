@@ -209,14 +209,18 @@ wait_for_socket "$WORK/live.ctl" "$DAEMON_PID"
 nbdcopy "$WORK/data" "$(uri live)"
 expect 0 "$INSITU" status "$WORK/live.ctl"
 says "$OUT" "compression ratio:"
+says "$OUT" "units saved by refits:"
 expect 0 "$INSITU" status --json "$WORK/live.ctl"
 [[ $(field "$OUT" "j['volume']['logical_bytes_written']") -ge $((4 << 20)) ]] ||
   fail "status: logical_bytes_written below the 4 MiB written"
 [[ $(field "$OUT" "j['split_extents']") == True ]] || fail "status: extents not split by default"
+[[ $(field "$OUT" "j['fit_units']") == True ]] || fail "status: payloads not refitted by default"
+[[ $(field "$OUT" "j['volume']['refits']") -ge 0 ]] || fail "status: no refits counter"
 stop_daemon
-start_daemon "$live" live --no-split
+start_daemon "$live" live --no-split --no-fit
 expect 0 "$INSITU" status --json "$WORK/live.ctl"
 [[ $(field "$OUT" "j['split_extents']") == False ]] || fail "status: --no-split not in effect"
+[[ $(field "$OUT" "j['fit_units']") == False ]] || fail "status: --no-fit not in effect"
 stop_daemon
 expect 0 "$INSITU" dump --json "$live"
 [[ $(field "$OUT" "j['superblock']['state']") == clean ]] || fail "volume not clean after SIGTERM"

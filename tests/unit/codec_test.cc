@@ -331,5 +331,45 @@ TEST(CodecSpecTest, DifferentLevelsOnOneThreadStayIndependent) {
   }
 }
 
+TEST(CodecSpecTest, TighterSpecIsTheSameCompressorAtAHigherLevel) {
+  struct Case {
+    const char* spec;
+    const char* tighter;  // nullptr: none
+  };
+  const Case cases[] = {{"zstd", "zstd:3"},     {"zstd:1", "zstd:3"}, {"zstd:-5", "zstd:1"},
+                        {"zstd:21", "zstd:22"}, {"zstd:22", nullptr}, {"zlib:1", "zlib:4"},
+                        {"zlib", "zlib:9"},     {"zlib:9", nullptr},  {"lz4:9", "lz4:12"},
+                        {"lz4:12", nullptr},    {"lz4", nullptr},     {"lz4:1", nullptr},
+                        {"lzo", nullptr},       {"none", nullptr}};
+  for (const Case& c : cases) {
+    CodecSpec spec, tighter;
+    ASSERT_TRUE(ParseCodecSpec(c.spec, &spec).ok()) << c.spec;
+    const bool has = TighterCodecSpec(spec, &tighter);
+    EXPECT_EQ(has, c.tighter != nullptr) << c.spec;
+    if (has && c.tighter != nullptr) {
+      EXPECT_EQ(FormatCodecSpec(tighter), c.tighter) << c.spec;
+    }
+  }
+}
+
+// A volume stores a tighter level's payloads under its own codec: they must
+// decode with it, and be no larger.
+TEST(CodecSpecTest, TighterOutputDecodesWithTheVolumesCodec) {
+  for (const char* text : {"zstd:1", "zlib:1", "lz4:4"}) {
+    CodecSpec spec, tight_spec;
+    ASSERT_TRUE(ParseCodecSpec(text, &spec).ok());
+    ASSERT_TRUE(TighterCodecSpec(spec, &tight_spec)) << text;
+    std::unique_ptr<Codec> codec = MakeCodec(text);
+    std::unique_ptr<Codec> tight = MakeCodec(FormatCodecSpec(tight_spec));
+    const std::vector<uint8_t> in = MakeData(DataKind::kMixed, 131072, 77);
+    const std::vector<uint8_t> payload = CompressAll(*tight, in);
+    ASSERT_FALSE(payload.empty()) << text;
+    EXPECT_LE(payload.size(), CompressAll(*codec, in).size()) << text;
+    std::vector<uint8_t> out;
+    ASSERT_TRUE(DecompressChecked(*codec, payload, in.size(), &out).ok()) << text;
+    EXPECT_EQ(out, in) << text;
+  }
+}
+
 }  // namespace
 }  // namespace insitu

@@ -390,6 +390,61 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
   ExpectReadsBackAcrossReopen(want);
 }
 
+// 128 KiB whose zstd:1 payload spills a few bytes into its last 4 KiB unit
+// and whose zstd:3 payload fits in one unit fewer: a random prefix (which
+// no level compresses) of a length that puts the spill there, then text.
+// *units: the units zstd:1 takes.
+std::vector<uint8_t> SpillingExtent(size_t* units) {
+  std::unique_ptr<Codec> fast, tight;
+  EXPECT_TRUE(Codec::Create({CodecId::kZstd, 1}, &fast).ok());
+  EXPECT_TRUE(Codec::Create({CodecId::kZstd, 3}, &tight).ok());
+  const size_t n = 128 * 1024, trailer = sizeof(format::PayloadTrailer);
+  std::mt19937_64 rng(11);
+  std::vector<uint8_t> data(n);
+  FillData(rng, DataKind::kText, data.data(), n);
+  std::vector<uint8_t> random(n), out(2 * n);
+  FillData(rng, DataKind::kRandom, random.data(), n);
+  for (size_t prefix = 8192; prefix < 32768; prefix += 8) {
+    std::memcpy(data.data(), random.data(), prefix);
+    const size_t clen = fast->Compress(data.data(), n, out.data(), out.size());
+    const size_t u = (clen + trailer + kBlockSize - 1) / kBlockSize;
+    const size_t spill = clen + trailer - (u - 1) * kBlockSize;
+    if (spill > 256) continue;
+    const size_t tlen = tight->Compress(data.data(), n, out.data(), out.size());
+    if (tlen + trailer <= (u - 1) * kBlockSize) {
+      *units = u;
+      return data;
+    }
+  }
+  ADD_FAILURE() << "no spilling extent found";
+  return data;
+}
+
+// A payload that spills a little into its last unit is compressed again at
+// the codec's tighter level and stored in a unit fewer; it reads back as
+// written, also after a reopen.  OpenOptions::fit_units turns it off.
+TEST_F(VolumeTest, PayloadsSpillingIntoALastUnitAreRefitted) {
+  size_t units = 0;
+  const std::vector<uint8_t> want = SpillingExtent(&units);
+  ASSERT_GE(units, 2u);
+  for (bool fit : {true, false}) {
+    SCOPED_TRACE(fit ? "fit_units" : "no fit_units");
+    vol_.reset();
+    Format({CodecId::kZstd, 1}, format::MetaMode::kWriteBack);
+    OpenOptions opts;
+    opts.fit_units = fit;
+    ASSERT_TRUE(InsituVolume::Open(std::make_unique<BorrowedDevice>(&mem_), opts, &vol_).ok());
+    ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+    const VolumeStats stats = vol_->Stats();
+    EXPECT_EQ(stats.refits, fit ? 1u : 0u);
+    EXPECT_EQ(stats.refit_units_saved, fit ? 1u : 0u);
+    const uint64_t stored_units =
+        (stats.payload_sectors + format::kSectorsPerBlock - 1) / format::kSectorsPerBlock;
+    EXPECT_EQ(stored_units, fit ? units - 1 : units);
+    ExpectReadsBackAcrossReopen(want);
+  }
+}
+
 // With OpenOptions::split_extents off, a small write rewrites the extent
 // whole.
 TEST_F(VolumeTest, SplittingCanBeTurnedOff) {

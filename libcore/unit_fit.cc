@@ -1,0 +1,54 @@
+#include "libcore/unit_fit.h"
+
+#include <cstring>
+#include <vector>
+
+#include "libcore/format.h"
+
+namespace insitu {
+
+namespace {
+
+size_t Units(size_t stored_bytes) {
+  return (stored_bytes + format::kBlockSize - 1) / format::kBlockSize;
+}
+
+}  // namespace
+
+size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen,
+                         size_t trailer) {
+  // Payloads are stored in whole sectors, placed at a unit boundary (the
+  // front or the back of their place).
+  const size_t stored =
+      (clen + trailer + format::kSectorSize - 1) / format::kSectorSize * format::kSectorSize;
+  const size_t units = Units(stored);
+  if (units < 2 || clen + trailer - (units - 1) * format::kBlockSize > kMaxSpill) return clen;
+  if (!ShouldTry()) return clen;
+  thread_local std::vector<uint8_t> scratch;
+  const size_t cap = (units - 1) * format::kBlockSize - trailer;
+  if (scratch.size() < cap) scratch.resize(cap);
+  const size_t tight = tighter_->Compress(src, n, scratch.data(), cap);
+  Score(tight != 0);
+  if (tight == 0) return clen;
+  units_saved_.fetch_add(units - Units(tight + trailer));
+  std::memcpy(payload, scratch.data(), tight);
+  return tight;
+}
+
+bool UnitFitter::ShouldTry() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pause_ == 0) return true;
+  --pause_;
+  return false;
+}
+
+void UnitFitter::Score(bool saved) {
+  tries_total_.fetch_add(1);
+  std::lock_guard<std::mutex> lock(mu_);
+  wins_ += saved ? 1 : 0;
+  if (++tries_ < kWindow) return;
+  if (wins_ < kMinWins) pause_ = kPause;
+  tries_ = wins_ = 0;
+}
+
+}  // namespace insitu
