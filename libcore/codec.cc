@@ -146,9 +146,6 @@ bool TighterCodecSpec(const CodecSpec& spec, CodecSpec* out) {
     case CodecId::kZstd:
       tighter = level < 1 ? 1 : level + 2;
       break;
-    case CodecId::kZlib:
-      tighter = level + 3;
-      break;
     default:
       return false;
   }

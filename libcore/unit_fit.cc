@@ -17,13 +17,14 @@ size_t Units(size_t stored_bytes) {
 
 size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen,
                          size_t trailer) {
+  const uint64_t seen = payloads_.fetch_add(1) + 1;
   // Payloads are stored in whole sectors, placed at a unit boundary (the
   // front or the back of their place).
   const size_t stored =
       (clen + trailer + format::kSectorSize - 1) / format::kSectorSize * format::kSectorSize;
   const size_t units = Units(stored);
   if (units < 2 || clen + trailer - (units - 1) * format::kBlockSize > kMaxSpill) return clen;
-  if (!ShouldTry()) return clen;
+  if (!ShouldTry(seen)) return clen;
   thread_local std::vector<uint8_t> scratch;
   const size_t cap = (units - 1) * format::kBlockSize - trailer;
   if (scratch.size() < cap) scratch.resize(cap);
@@ -35,15 +36,18 @@ size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t 
   return tight;
 }
 
-bool UnitFitter::ShouldTry() {
+bool UnitFitter::ShouldTry(uint64_t seen) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (pause_ == 0) return true;
-  --pause_;
-  return false;
+  if (pause_ > 0) {
+    --pause_;
+    return false;
+  }
+  if (tries_total_.load() * kShare >= seen) return false;
+  tries_total_.fetch_add(1);  // under the mutex, so concurrent writers keep the share
+  return true;
 }
 
 void UnitFitter::Score(bool saved) {
-  tries_total_.fetch_add(1);
   std::lock_guard<std::mutex> lock(mu_);
   wins_ += saved ? 1 : 0;
   if (++tries_ < kWindow) return;

@@ -45,6 +45,12 @@ class UnitFitTest : public ::testing::Test {
     payload_.assign(clen, 0x11);
     return fitter_.Refit(src_.data(), src_.size(), payload_.data(), clen, kTrailer);
   }
+  // Refit of a spilling payload after the kShare - 1 that do not qualify
+  // and make room for it in the share of retries.
+  size_t RefitInTurn(size_t clen) {
+    for (uint32_t i = 1; i < UnitFitter::kShare; ++i) Refit(kUnit - kTrailer);
+    return Refit(clen);
+  }
   size_t tight_len_ = 0;
   int calls_ = 0;
   UnitFitter fitter_{std::make_unique<FixedCodec>(&tight_len_, &calls_)};
@@ -96,12 +102,12 @@ TEST_F(UnitFitTest, AFailedRefitKeepsThePayload) {
 TEST_F(UnitFitTest, RetriesThatDoNotPayPauseTheFitter) {
   tight_len_ = 3 * kUnit;  // never fits
   const size_t clen = 3 * kUnit + 200 - kTrailer;
-  for (uint32_t i = 0; i < UnitFitter::kWindow; ++i) Refit(clen);
+  for (uint32_t i = 0; i < UnitFitter::kWindow; ++i) RefitInTurn(clen);
   EXPECT_EQ(calls_, static_cast<int>(UnitFitter::kWindow));
   for (uint32_t i = 0; i < UnitFitter::kPause; ++i) Refit(clen);
   EXPECT_EQ(calls_, static_cast<int>(UnitFitter::kWindow));
   tight_len_ = 2 * kUnit;
-  EXPECT_EQ(Refit(clen), 2 * kUnit);
+  EXPECT_EQ(RefitInTurn(clen), 2 * kUnit);
   EXPECT_EQ(calls_, static_cast<int>(UnitFitter::kWindow) + 1);
 }
 
@@ -110,9 +116,18 @@ TEST_F(UnitFitTest, RetriesThatPayKeepGoing) {
   const size_t clen = 3 * kUnit + 200 - kTrailer;
   for (uint32_t i = 0; i < 4 * UnitFitter::kWindow; ++i) {
     tight_len_ = (i % 4 == 0) ? 2 * kUnit : 3 * kUnit;  // a quarter of them fit
-    Refit(clen);
+    RefitInTurn(clen);
   }
   EXPECT_EQ(calls_, static_cast<int>(4 * UnitFitter::kWindow));
+}
+
+// Where every payload qualifies, only one in kShare is compressed again.
+TEST_F(UnitFitTest, AtMostOnePayloadInKShareIsRetried) {
+  tight_len_ = 2 * kUnit;  // always fits
+  const size_t clen = 3 * kUnit + 200 - kTrailer;
+  for (uint32_t i = 0; i < 100 * UnitFitter::kShare; ++i) Refit(clen);
+  EXPECT_EQ(calls_, 100);
+  EXPECT_EQ(fitter_.units_saved(), 100u);
 }
 
 // Writers refit concurrently: each keeps its own result, and the counters
@@ -126,21 +141,26 @@ TEST(UnitFitConcurrencyTest, ConcurrentRefits) {
     std::vector<uint8_t> src(64 * 1024, fill), payload(128 * 1024);
     for (int i = 0; i < 200; ++i) {
       // A payload that spills 100 bytes past two units: the tighter codec
-      // fits the constant data in one.
-      std::memset(payload.data(), fill, payload.size());
-      const size_t clen = 2 * kUnit + 100 - kTrailer;
-      const size_t got = fitter.Refit(src.data(), src.size(), payload.data(), clen, kTrailer);
-      ASSERT_LT(got, clen);
+      // fits the constant data in one, when the share lets it try.
+      const size_t clen = fast->Compress(src.data(), src.size(), payload.data(), payload.size());
+      const size_t spilled = 2 * kUnit + 100 - kTrailer;
+      ASSERT_LT(clen, spilled);
+      std::memset(payload.data() + clen, 0, spilled - clen);  // a valid stream, padded
+      const size_t got = fitter.Refit(src.data(), src.size(), payload.data(), spilled, kTrailer);
       std::vector<uint8_t> out(src.size());
-      ASSERT_TRUE(fast->Decompress(payload.data(), got, out.data(), out.size()).ok());
+      ASSERT_TRUE(
+          fast->Decompress(payload.data(), got == spilled ? clen : got, out.data(), out.size())
+              .ok());
       ASSERT_EQ(out, src);
     }
   };
   std::thread a(work, uint8_t{1}), b(work, uint8_t{2});
   a.join();
   b.join();
-  EXPECT_EQ(fitter.tries(), 400u);
-  EXPECT_EQ(fitter.units_saved(), 400u * 2);
+  // The share is checked per call, so the last calls decide the last try.
+  EXPECT_LE(fitter.tries(), 400u / UnitFitter::kShare);
+  EXPECT_GE(fitter.tries(), 400u / UnitFitter::kShare - 2);
+  EXPECT_EQ(fitter.units_saved(), 2 * fitter.tries());
 }
 
 }  // namespace
