@@ -338,9 +338,9 @@ TEST(CodecSpecTest, TighterSpecIsTheSameCompressorAtAHigherLevel) {
   };
   const Case cases[] = {{"zstd", "zstd:3"},     {"zstd:1", "zstd:3"}, {"zstd:-5", "zstd:1"},
                         {"zstd:21", "zstd:22"}, {"zstd:22", nullptr}, {"zlib:1", nullptr},
-                        {"zlib", nullptr},  {"lz4:9", "lz4:12"},
-                        {"lz4:12", nullptr},    {"lz4", nullptr},     {"lz4:1", nullptr},
-                        {"lzo", nullptr},       {"none", nullptr}};
+                        {"zlib", nullptr},      {"lz4:9", "lz4:12"},  {"lz4:12", nullptr},
+                        {"lz4", nullptr},       {"lz4:1", nullptr},   {"lzo", nullptr},
+                        {"none", nullptr}};
   for (const Case& c : cases) {
     CodecSpec spec, tighter;
     ASSERT_TRUE(ParseCodecSpec(c.spec, &spec).ok()) << c.spec;
