@@ -9,29 +9,30 @@ namespace insitu {
 
 namespace {
 
-size_t Units(size_t stored_bytes) {
-  return (stored_bytes + format::kBlockSize - 1) / format::kBlockSize;
+constexpr size_t kTrailer = sizeof(format::PayloadTrailer);
+
+// The 4 KiB units a payload of clen compressed bytes takes: its sectors
+// (trailer included) start at a unit boundary, the front or the back of
+// its place.
+size_t Units(size_t clen) {
+  return (format::PayloadSectors(static_cast<uint32_t>(clen)) + format::kSectorsPerBlock - 1) /
+         format::kSectorsPerBlock;
 }
 
 }  // namespace
 
-size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen,
-                         size_t trailer) {
+size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen) {
   const uint64_t seen = payloads_.fetch_add(1) + 1;
-  // Payloads are stored in whole sectors, placed at a unit boundary (the
-  // front or the back of their place).
-  const size_t stored =
-      (clen + trailer + format::kSectorSize - 1) / format::kSectorSize * format::kSectorSize;
-  const size_t units = Units(stored);
-  if (units < 2 || clen + trailer - (units - 1) * format::kBlockSize > kMaxSpill) return clen;
+  const size_t units = Units(clen);
+  if (units < 2 || clen + kTrailer - (units - 1) * format::kBlockSize > kMaxSpill) return clen;
   if (!ShouldTry(seen)) return clen;
   thread_local std::vector<uint8_t> scratch;
-  const size_t cap = (units - 1) * format::kBlockSize - trailer;
+  const size_t cap = (units - 1) * format::kBlockSize - kTrailer;
   if (scratch.size() < cap) scratch.resize(cap);
   const size_t tight = tighter_->Compress(src, n, scratch.data(), cap);
   Score(tight != 0);
   if (tight == 0) return clen;
-  units_saved_.fetch_add(units - Units(tight + trailer));
+  units_saved_.fetch_add(units - Units(tight));
   std::memcpy(payload, scratch.data(), tight);
   return tight;
 }

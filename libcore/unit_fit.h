@@ -19,7 +19,8 @@
 // unit, the fitter stops trying for a while, then tries again.
 //
 // Thread-safety: Refit() may be called concurrently; the score is kept
-// under a mutex taken twice per retried extent.
+// under a mutex, taken once per payload that spills little enough and
+// again per retry.
 #pragma once
 
 #include <atomic>
@@ -50,10 +51,10 @@ class UnitFitter {
   explicit UnitFitter(std::unique_ptr<Codec> tighter) : tighter_(std::move(tighter)) {}
 
   // `payload` holds `clen` bytes compressed from src[0, n), to be stored
-  // with a trailer of `trailer` bytes.  Returns the payload's length
+  // with a format::PayloadTrailer.  Returns the payload's length
   // afterwards: clen, or a shorter length whose bytes replaced payload's
   // when that saves a unit.
-  size_t Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen, size_t trailer);
+  size_t Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen);
 
   uint64_t tries() const { return tries_total_.load(); }
   uint64_t units_saved() const { return units_saved_.load(); }

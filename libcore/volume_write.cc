@@ -343,9 +343,7 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
   size_t clen = v_.codec->Compress(data, bytes, payload, cap);
   *out = NewExtent{first, n, n * kSectorsPerBlock, data};
   if (clen == 0) return Status::OK();
-  if (v_.fitter) {
-    clen = v_.fitter->Refit(data, bytes, payload, clen, sizeof(format::PayloadTrailer));
-  }
+  if (v_.fitter) clen = v_.fitter->Refit(data, bytes, payload, clen);
   out->sectors = format::PayloadSectors(static_cast<uint32_t>(clen));
   out->bytes = payload;
   uint64_t seq;
