@@ -129,7 +129,12 @@ std::string CodecName(CodecId id) {
 
 std::string FormatCodecSpec(const CodecSpec& spec) {
   std::string s = CodecName(spec.id);
-  if (spec.level != 0) s += ":" + std::to_string(spec.level);
+  if (spec.level != 0) {
+    // Two appends, not `":" + std::to_string(...)`: GCC 12 at -O3 reports a
+    // false -Wrestrict on that operator+ (GCC PR 105651).
+    s += ':';
+    s += std::to_string(spec.level);
+  }
   return s;
 }
 

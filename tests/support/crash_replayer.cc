@@ -226,7 +226,10 @@ std::string CrashImage::Describe(const std::vector<LogEntry>& log) const {
        std::to_string(epoch_start);
   if (!dropped.empty()) {
     s += ", dropped entries";
-    for (size_t i = 0; i < dropped.size() && i < 8; ++i) s += " " + std::to_string(dropped[i]);
+    for (size_t i = 0; i < dropped.size() && i < 8; ++i) {
+      s += ' ';
+      s += std::to_string(dropped[i]);
+    }
     if (dropped.size() > 8) s += " ... (" + std::to_string(dropped.size()) + " in all)";
   }
   if (torn != kNone) {

@@ -40,7 +40,9 @@ std::string ConfigName(const ::testing::TestParamInfo<ModelConfig>& info) {
     if (c == ':') c = '_';
   }
   name += info.param.mode == format::MetaMode::kWriteThrough ? "_writethrough" : "_writeback";
-  name += "_" + std::to_string(info.param.extent_max_blocks * 4) + "k";
+  name += '_';
+  name += std::to_string(info.param.extent_max_blocks * 4);
+  name += 'k';
   return name;
 }
 
