@@ -155,9 +155,7 @@ int RunCheck(const std::string& prog, const CheckArgs& args) {
   dev_opts.read_only = opts.mode == CheckMode::kNoChanges;
   std::unique_ptr<FileDevice> dev;
   if (const Status st = FileDevice::Open(args.target, dev_opts, &dev); !st.ok()) {
-    PrintError(prog, st.code() == Status::Code::kBusy
-                         ? st.message() + " (is it mounted, or served by insitud?)"
-                         : st.message());
+    PrintError(prog, st.message());  // a busy device's says who may hold it
     return kFsckOperational;
   }
   // Probed now, while the device is still ours, so that a refusal can say

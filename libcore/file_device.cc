@@ -4,6 +4,7 @@
 #include <liburing.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -153,6 +154,28 @@ void ProbeFileDirectIo(int fd, uint64_t size, uint32_t* align, uint32_t* mem_ali
   if (size % off_align != 0) return;
   *align = off_align;
   *mem_align = m_align;
+}
+
+// Takes the advisory lock that keeps two programs from changing one volume
+// at once: a writer holds it exclusively, readers share it.  flock(), not
+// fcntl() locks: it belongs to this open file description, so it is gone
+// when the descriptor closes or the process dies (kill -9 leaves nothing
+// stale), and a second open in the same process conflicts like any other.
+Status Claim(int fd, bool read_only, const std::string& path) {
+  int rc;
+  do {
+    rc = flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  if (rc == 0) return Status::OK();
+  if (errno == EWOULDBLOCK) {
+    return Status::Busy(path + " is in use: another program holds it " +
+                        (read_only ? "for writing" : "open") +
+                        " (insitud serving it, or fsck.insitu or insitu working on it)");
+  }
+  // File systems without flock support (some network ones) cannot lock;
+  // refusing to open there would help nobody.
+  if (errno == ENOLCK || errno == EOPNOTSUPP) return Status::OK();
+  return Status::FromErrno(errno, "locking " + path);
 }
 
 }  // namespace
@@ -412,6 +435,7 @@ Status FileDevice::Open(const std::string& path, const FileDeviceOptions& opts,
     return Status::FromErrno(err, what);
   }
   impl->fd.reset(raw_fd);
+  INSITU_RETURN_IF_ERROR(Claim(raw_fd, opts.read_only, path));
 
   if (fstat(raw_fd, &st) != 0) return Status::FromErrno(errno, "examining " + path);
   if (S_ISBLK(st.st_mode)) {

@@ -27,7 +27,12 @@
 // fua are followed by a flush.
 //
 // A writable open of a block device claims it with O_EXCL (fails with kBusy
-// if it is mounted or otherwise claimed).  Files are created mode 0600.  A
+// if it is mounted or otherwise claimed).  Every open also takes an advisory
+// flock() on the file or device node, held until the device is destroyed:
+// exclusive for a writable open, shared for a read-only one, so one writer
+// or any number of readers; a conflicting open fails with kBusy at once
+// instead of waiting.  (Where the file system cannot lock, the open goes on
+// unlocked.)  Files are created mode 0600.  A
 // read-only device rejects Write/Discard/WriteZeroes with kIOError (EROFS).
 // ENOSPC from the file system surfaces as kNoSpace.  Size() is fixed at
 // Open().

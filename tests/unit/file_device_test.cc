@@ -444,6 +444,48 @@ TEST(FileDeviceOpenTest, RejectsCharacterDevices) {
   EXPECT_NE(st.message().find("/dev/null"), std::string::npos) << st.message();
 }
 
+// One writer or any number of readers, refused at once (kBusy, naming the
+// file) rather than waited for; the lock goes with the device.
+TEST(FileDeviceOpenTest, OneWriterOrManyReaders) {
+  TempFile file(TempDir());
+  ASSERT_FALSE(file.path().empty());
+  FileDeviceOptions rw;
+  rw.size = 1 << 20;
+  FileDeviceOptions ro;
+  ro.read_only = true;
+  auto open = [&file](const FileDeviceOptions& opts, std::unique_ptr<FileDevice>* dev) {
+    return FileDevice::Open(file.path(), opts, dev);
+  };
+
+  std::unique_ptr<FileDevice> writer, other;
+  ASSERT_TRUE(open(rw, &writer).ok());
+  Status st = open(rw, &other);
+  EXPECT_EQ(st.code(), Status::Code::kBusy) << st.ToString();
+  EXPECT_NE(st.message().find(file.path()), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("in use"), std::string::npos) << st.message();
+  EXPECT_EQ(other, nullptr);
+  st = open(ro, &other);
+  EXPECT_EQ(st.code(), Status::Code::kBusy) << st.ToString();
+  // A writable open that resizes must not have resized the file it lost.
+  FileDeviceOptions grow = rw;
+  grow.size = 2 << 20;
+  EXPECT_EQ(open(grow, &other).code(), Status::Code::kBusy);
+  EXPECT_EQ(writer->Size(), 1u << 20);
+  struct stat sb {};
+  ASSERT_EQ(stat(file.path().c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_size, 1 << 20);
+
+  writer.reset();
+  std::unique_ptr<FileDevice> reader1, reader2;
+  ASSERT_TRUE(open(ro, &reader1).ok());
+  ASSERT_TRUE(open(ro, &reader2).ok());
+  EXPECT_EQ(open(rw, &other).code(), Status::Code::kBusy);
+  reader1.reset();
+  EXPECT_EQ(open(rw, &other).code(), Status::Code::kBusy);
+  reader2.reset();
+  EXPECT_TRUE(open(rw, &other).ok());
+}
+
 // tmpfs has no direct-I/O alignment to report (or refuses O_DIRECT): the
 // device must fall back to buffered I/O and work.
 TEST(FileDeviceOpenTest, WorksOnTmpfs) {
