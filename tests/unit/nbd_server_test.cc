@@ -109,6 +109,12 @@ class GatedDevice : public MemDevice {
     open_ = true;
     cv_.notify_all();
   }
+  // Lets one waiting (or the next) gated call through.
+  void Pass() {
+    std::lock_guard<std::mutex> lock(mu_);
+    passes_++;
+    cv_.notify_all();
+  }
   bool WaitEntered(int n) {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, 10s, [&] { return entered_ >= n; });
@@ -121,11 +127,13 @@ class GatedDevice : public MemDevice {
     std::unique_lock<std::mutex> lock(mu_);
     entered_++;
     cv_.notify_all();
-    cv_.wait(lock, [&] { return open_; });
+    cv_.wait(lock, [&] { return open_ || passes_ > 0; });
+    if (!open_) passes_--;
   }
   std::mutex mu_;
   std::condition_variable cv_;
   int entered_ = 0;
+  int passes_ = 0;
   bool open_ = false;
 };
 
@@ -562,6 +570,39 @@ TEST(NbdServerTest, RepliesComeInCompletionOrder) {
   ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done; }));
   EXPECT_EQ(order.back(), 0);
   EXPECT_EQ(done[0].error, 0);
+}
+
+// Replies wait for the connection's queued requests to start (so a client
+// with many requests in flight is woken once per batch), never for one to
+// finish.  Here the only worker, once the first read is let through, runs
+// the second and blocks in the third: the first two replies must have left
+// by then.
+TEST(NbdServerTest, HeldRepliesLeaveWhenTheLastQueuedRequestStarts) {
+  GatedDevice dev(kMiB);
+  dev.gate_reads_at = 0;
+  NbdServerOptions opts;
+  opts.threads = 1;
+  Harness harness(&dev, opts);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  std::vector<Completion> done(3);
+  std::vector<std::vector<uint8_t>> bufs(3, std::vector<uint8_t>(4096));
+  const uint64_t offsets[3] = {0, 4096, 0};  // the first and last are gated
+  ASSERT_GE(nbd_aio_pread(h.get(), bufs[0].data(), 4096, offsets[0], Callback(&done[0]), 0), 1);
+  ASSERT_TRUE(dev.WaitEntered(1));
+  for (int i = 1; i < 3; i++) {
+    ASSERT_GE(nbd_aio_pread(h.get(), bufs[i].data(), 4096, offsets[i], Callback(&done[i]), 0), 1);
+  }
+  // Give the reader time to queue both behind the busy worker (were it
+  // slower, the worker would take them one by one: the same replies).
+  for (int i = 0; i < 3; i++) nbd_poll(h.get(), 50);
+  dev.Pass();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done && done[1].done; }));
+  ASSERT_TRUE(dev.WaitEntered(2));
+  EXPECT_FALSE(done[2].done);
+  dev.Open();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[2].done; }));
+  for (const Completion& c : done) EXPECT_EQ(c.error, 0);
 }
 
 TEST(NbdServerTest, ConnectionsShareTheDevice) {
