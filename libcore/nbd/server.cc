@@ -418,7 +418,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // worker that takes the last of them: a client with many requests in
   // flight is woken once per batch instead of once per reply, which on a
   // busy CPU is a large share of a 4 KiB request's cost.  Replies never
-  // wait for a request to run, only for it to start.
+  // wait for a request to run, only for it to start.  A reply carrying
+  // more read data than kMaxHeldReplyData goes at once (with any held
+  // ones): its transfer outweighs the wake-up, and holding it only stalls
+  // the client's pipeline (lz4 128 KiB sequential reads at qd16 measured
+  // 4 % slower when they were held too).
+  static constexpr size_t kMaxHeldReplyData = 32 << 10;
   std::atomic<uint32_t> queued_{0};
 
   std::mutex send_mu_;
@@ -869,18 +874,19 @@ void Connection::Execute(Job& job) {
   Send(std::move(reply));
 }
 
-// Whoever finds the send role free, and no job of this connection waiting
-// for a worker, takes the role and writes every queued reply, including
-// ones queued by others meanwhile; the others return at once.  A reply left
-// queued because a job was waiting is sent by Started() for the last such
-// job, or by a later Send(): queued_ is read after the reply is queued, and
-// Started() looks at the queue after lowering queued_, so one of the two
-// sees the other.
+// Whoever finds the send role free takes it, unless the reply may wait and
+// a job of this connection is waiting for a worker, and writes every queued
+// reply, including ones queued by others meanwhile; the others return at
+// once.  A reply left queued because a job was waiting is sent by Started()
+// for the last such job, or by a later Send(): queued_ is read after the
+// reply is queued, and Started() looks at the queue after lowering
+// queued_, so one of the two sees the other.
 void Connection::Send(Reply reply) {
+  const bool may_wait = reply.data_len <= kMaxHeldReplyData;
   {
     std::lock_guard<std::mutex> lock(send_mu_);
     send_queue_.push_back(std::move(reply));
-    if (sending_ || queued_.load() > 0) return;
+    if (sending_ || (may_wait && queued_.load() > 0)) return;
     sending_ = true;
   }
   SendAsRole();

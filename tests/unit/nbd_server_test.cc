@@ -137,6 +137,20 @@ class GatedDevice : public MemDevice {
   bool open_ = false;
 };
 
+// Opens the gate when the test ends, also on a failed assertion, so that
+// the harness's shutdown is not left waiting for a gated request.  Declare
+// it after the harness: it must run first.
+class OpenAtExit {
+ public:
+  explicit OpenAtExit(GatedDevice* dev) : dev_(dev) {}
+  OpenAtExit(const OpenAtExit&) = delete;
+  OpenAtExit& operator=(const OpenAtExit&) = delete;
+  ~OpenAtExit() { dev_->Open(); }
+
+ private:
+  GatedDevice* dev_;
+};
+
 // ---- harness -------------------------------------------------------------
 
 class TempDir {
@@ -583,6 +597,7 @@ TEST(NbdServerTest, HeldRepliesLeaveWhenTheLastQueuedRequestStarts) {
   NbdServerOptions opts;
   opts.threads = 1;
   Harness harness(&dev, opts);
+  OpenAtExit open_at_exit(&dev);
   Nbd h = harness.Connect();
   ASSERT_NE(h, nullptr) << nbd_get_error();
   std::vector<Completion> done(3);
@@ -602,6 +617,45 @@ TEST(NbdServerTest, HeldRepliesLeaveWhenTheLastQueuedRequestStarts) {
   EXPECT_FALSE(done[2].done);
   dev.Open();
   ASSERT_TRUE(PollUntil(h.get(), [&] { return done[2].done; }));
+  for (const Completion& c : done) EXPECT_EQ(c.error, 0);
+}
+
+// A reply with a large read does not wait for queued requests: it leaves
+// at once, with the replies held before it.  The only worker runs the
+// 64 KiB read and blocks in the gated read behind it, with one more read
+// still queued.
+TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
+  GatedDevice dev(kMiB);
+  dev.gate_reads_at = 0;
+  NbdServerOptions opts;
+  opts.threads = 1;
+  Harness harness(&dev, opts);
+  OpenAtExit open_at_exit(&dev);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  struct Read {
+    uint64_t offset;
+    size_t len;
+  };
+  const Read reads[4] = {{0, 4096}, {65536, 65536}, {0, 4096}, {8192, 4096}};
+  std::vector<Completion> done(4);
+  std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(65536));
+  for (int i = 0; i < 4; i++) {
+    ASSERT_GE(nbd_aio_pread(h.get(), bufs[i].data(), reads[i].len, reads[i].offset,
+                            Callback(&done[i]), 0),
+              1);
+    if (i == 0) {
+      ASSERT_TRUE(dev.WaitEntered(1));
+    }
+  }
+  for (int i = 0; i < 3; i++) nbd_poll(h.get(), 50);
+  dev.Pass();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done && done[1].done; }));
+  ASSERT_TRUE(dev.WaitEntered(2));
+  EXPECT_FALSE(done[2].done);
+  EXPECT_FALSE(done[3].done);
+  dev.Open();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[2].done && done[3].done; }));
   for (const Completion& c : done) EXPECT_EQ(c.error, 0);
 }
 
