@@ -344,6 +344,9 @@ int Main(int argc, char** argv) {
 
   FileDeviceOptions file_opts;
   file_opts.read_only = args.read_only;
+  // A daemon killed a moment ago can hold the lock until the kernel has
+  // finished its io_uring requests; a restart should not fail on that.
+  file_opts.lock_wait_ms = 5000;
   file_opts.allow_direct = args.io == "direct" || (args.io == "auto" && IsBlockDevice(args.target));
   std::unique_ptr<FileDevice> file;
   if (const Status st = FileDevice::Open(args.target, file_opts, &file); !st.ok()) {

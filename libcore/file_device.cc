@@ -12,8 +12,10 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "libcore/aligned_buffer.h"
 
@@ -159,23 +161,33 @@ void ProbeFileDirectIo(int fd, uint64_t size, uint32_t* align, uint32_t* mem_ali
 // Takes the advisory lock that keeps two programs from changing one volume
 // at once: a writer holds it exclusively, readers share it.  flock(), not
 // fcntl() locks: it belongs to this open file description, so it is gone
-// when the descriptor closes or the process dies (kill -9 leaves nothing
-// stale), and a second open in the same process conflicts like any other.
-Status Claim(int fd, bool read_only, const std::string& path) {
-  int rc;
-  do {
-    rc = flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB);
-  } while (rc != 0 && errno == EINTR);
-  if (rc == 0) return Status::OK();
-  if (errno == EWOULDBLOCK) {
+// when the last reference to that goes (kill -9 leaves nothing stale), and
+// a second open in the same process conflicts like any other.  The last
+// reference is not always the process's: io_uring requests in flight when
+// a process is killed (a flush, say) keep the file until they complete, so
+// a lock may outlive its holder briefly; wait_ms covers that.
+Status Claim(int fd, bool read_only, const std::string& path, int wait_ms) {
+  constexpr int kPollMs = 10;
+  int err = 0;
+  for (int waited = 0;; waited += kPollMs) {
+    int rc;
+    do {
+      rc = flock(fd, (read_only ? LOCK_SH : LOCK_EX) | LOCK_NB);
+    } while (rc != 0 && errno == EINTR);
+    if (rc == 0) return Status::OK();
+    err = errno;
+    if (err != EWOULDBLOCK || waited >= wait_ms) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(kPollMs));
+  }
+  if (err == EWOULDBLOCK) {
     return Status::Busy(path + " is in use: another program holds it " +
                         (read_only ? "for writing" : "open") +
                         " (insitud serving it, or fsck.insitu or insitu working on it)");
   }
   // File systems without flock support (some network ones) cannot lock;
   // refusing to open there would help nobody.
-  if (errno == ENOLCK || errno == EOPNOTSUPP) return Status::OK();
-  return Status::FromErrno(errno, "locking " + path);
+  if (err == ENOLCK || err == EOPNOTSUPP) return Status::OK();
+  return Status::FromErrno(err, "locking " + path);
 }
 
 }  // namespace
@@ -435,7 +447,7 @@ Status FileDevice::Open(const std::string& path, const FileDeviceOptions& opts,
     return Status::FromErrno(err, what);
   }
   impl->fd.reset(raw_fd);
-  INSITU_RETURN_IF_ERROR(Claim(raw_fd, opts.read_only, path));
+  INSITU_RETURN_IF_ERROR(Claim(raw_fd, opts.read_only, path, opts.lock_wait_ms));
 
   if (fstat(raw_fd, &st) != 0) return Status::FromErrno(errno, "examining " + path);
   if (S_ISBLK(st.st_mode)) {

@@ -30,8 +30,8 @@
 // if it is mounted or otherwise claimed).  Every open also takes an advisory
 // flock() on the file or device node, held until the device is destroyed:
 // exclusive for a writable open, shared for a read-only one, so one writer
-// or any number of readers; a conflicting open fails with kBusy at once
-// instead of waiting.  (Where the file system cannot lock, the open goes on
+// or any number of readers; a conflicting open fails with kBusy, at once or
+// after lock_wait_ms.  (Where the file system cannot lock, the open goes on
 // unlocked.)  Files are created mode 0600.  A
 // read-only device rejects Write/Discard/WriteZeroes with kIOError (EROFS).
 // ENOSPC from the file system surfaces as kNoSpace.  Size() is fixed at
@@ -56,6 +56,9 @@ struct FileDeviceOptions {
   bool allow_direct = true;  // try O_DIRECT
   bool create = false;       // create the file if missing (with `size`)
   uint64_t size = 0;         // when nonzero on a regular file: truncate/extend to this
+  // How long to wait for the lock another open holds before failing with
+  // kBusy (0: fail at once).
+  int lock_wait_ms = 0;
 };
 
 class FileDevice : public BlockDevice {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -484,6 +485,32 @@ TEST(FileDeviceOpenTest, OneWriterOrManyReaders) {
   EXPECT_EQ(open(rw, &other).code(), Status::Code::kBusy);
   reader2.reset();
   EXPECT_TRUE(open(rw, &other).ok());
+}
+
+// A daemon restarted right after a kill waits for the lock its predecessor's
+// in-flight I/O still holds: an open with lock_wait_ms gets the lock once the
+// holder lets go, and fails with kBusy if the holder stays.
+TEST(FileDeviceOpenTest, AnOpenMayWaitForTheLock) {
+  TempFile file(TempDir());
+  ASSERT_FALSE(file.path().empty());
+  FileDeviceOptions rw;
+  rw.size = 1 << 20;
+  std::unique_ptr<FileDevice> holder;
+  ASSERT_TRUE(FileDevice::Open(file.path(), rw, &holder).ok());
+
+  FileDeviceOptions patient = rw;
+  patient.lock_wait_ms = 50;
+  std::unique_ptr<FileDevice> waiter;
+  EXPECT_EQ(FileDevice::Open(file.path(), patient, &waiter).code(), Status::Code::kBusy);
+
+  patient.lock_wait_ms = 20000;
+  std::thread release([&holder] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    holder.reset();
+  });
+  const Status st = FileDevice::Open(file.path(), patient, &waiter);
+  release.join();
+  EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
 // tmpfs has no direct-I/O alignment to report (or refuses O_DIRECT): the
