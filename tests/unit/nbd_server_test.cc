@@ -586,45 +586,18 @@ TEST(NbdServerTest, RepliesComeInCompletionOrder) {
   EXPECT_EQ(done[0].error, 0);
 }
 
-// Replies wait for the connection's queued requests to start (so a client
-// with many requests in flight is woken once per batch), never for one to
-// finish.  Here the only worker, once the first read is let through, runs
-// the second and blocks in the third: the first two replies must have left
-// by then.
-TEST(NbdServerTest, HeldRepliesLeaveWhenTheLastQueuedRequestStarts) {
-  GatedDevice dev(kMiB);
-  dev.gate_reads_at = 0;
-  NbdServerOptions opts;
-  opts.threads = 1;
-  Harness harness(&dev, opts);
-  OpenAtExit open_at_exit(&dev);
-  Nbd h = harness.Connect();
-  ASSERT_NE(h, nullptr) << nbd_get_error();
-  std::vector<Completion> done(3);
-  std::vector<std::vector<uint8_t>> bufs(3, std::vector<uint8_t>(4096));
-  const uint64_t offsets[3] = {0, 4096, 0};  // the first and last are gated
-  ASSERT_GE(nbd_aio_pread(h.get(), bufs[0].data(), 4096, offsets[0], Callback(&done[0]), 0), 1);
-  ASSERT_TRUE(dev.WaitEntered(1));
-  for (int i = 1; i < 3; i++) {
-    ASSERT_GE(nbd_aio_pread(h.get(), bufs[i].data(), 4096, offsets[i], Callback(&done[i]), 0), 1);
-  }
-  // Give the reader time to queue both behind the busy worker (were it
-  // slower, the worker would take them one by one: the same replies).
-  for (int i = 0; i < 3; i++) nbd_poll(h.get(), 50);
-  dev.Pass();
-  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done && done[1].done; }));
-  ASSERT_TRUE(dev.WaitEntered(2));
-  EXPECT_FALSE(done[2].done);
-  dev.Open();
-  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[2].done; }));
-  for (const Completion& c : done) EXPECT_EQ(c.error, 0);
-}
+// Runs reads on a server with one worker over a device that blocks reads at
+// offset 0.  reads[0] and reads[leave_first] must read offset 0: the first
+// holds the worker while the client queues the rest behind it, then is let
+// through, and the worker runs on until it blocks in reads[leave_first].
+// The replies of the reads before that one must have left by then, and
+// none after it.
+struct GatedRead {
+  uint64_t offset;
+  size_t len;
+};
 
-// A reply with a large read does not wait for queued requests: it leaves
-// at once, with the replies held before it.  The only worker runs the
-// 64 KiB read and blocks in the gated read behind it, with one more read
-// still queued.
-TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
+void ExpectRepliesBeforeTheSecondGate(const std::vector<GatedRead>& reads, size_t leave_first) {
   GatedDevice dev(kMiB);
   dev.gate_reads_at = 0;
   NbdServerOptions opts;
@@ -633,14 +606,10 @@ TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
   OpenAtExit open_at_exit(&dev);
   Nbd h = harness.Connect();
   ASSERT_NE(h, nullptr) << nbd_get_error();
-  struct Read {
-    uint64_t offset;
-    size_t len;
-  };
-  const Read reads[4] = {{0, 4096}, {65536, 65536}, {0, 4096}, {8192, 4096}};
-  std::vector<Completion> done(4);
-  std::vector<std::vector<uint8_t>> bufs(4, std::vector<uint8_t>(65536));
-  for (int i = 0; i < 4; i++) {
+  std::vector<Completion> done(reads.size());
+  std::vector<std::vector<uint8_t>> bufs;
+  for (const GatedRead& r : reads) bufs.emplace_back(r.len);
+  for (size_t i = 0; i < reads.size(); i++) {
     ASSERT_GE(nbd_aio_pread(h.get(), bufs[i].data(), reads[i].len, reads[i].offset,
                             Callback(&done[i]), 0),
               1);
@@ -648,15 +617,37 @@ TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
       ASSERT_TRUE(dev.WaitEntered(1));
     }
   }
+  // Give the reader time to queue the rest behind the busy worker (were it
+  // slower, the worker would take them one by one: the same replies).
   for (int i = 0; i < 3; i++) nbd_poll(h.get(), 50);
   dev.Pass();
-  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done && done[1].done; }));
+  const auto done_from = [&](size_t from, size_t to) {
+    for (size_t i = from; i < to; i++) {
+      if (!done[i].done) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done_from(0, leave_first); }));
   ASSERT_TRUE(dev.WaitEntered(2));
-  EXPECT_FALSE(done[2].done);
-  EXPECT_FALSE(done[3].done);
+  for (size_t i = leave_first; i < reads.size(); i++) EXPECT_FALSE(done[i].done) << "read " << i;
   dev.Open();
-  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[2].done && done[3].done; }));
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done_from(leave_first, reads.size()); }));
   for (const Completion& c : done) EXPECT_EQ(c.error, 0);
+}
+
+// Replies wait for the connection's queued requests to start (so a client
+// with many requests in flight is woken once per batch), never for one to
+// finish: the second read's reply, and the first's held with it, leave
+// when the worker starts the third.
+TEST(NbdServerTest, HeldRepliesLeaveWhenTheLastQueuedRequestStarts) {
+  ExpectRepliesBeforeTheSecondGate({{0, 4096}, {4096, 4096}, {0, 4096}}, 2);
+}
+
+// A reply with a large read does not wait for queued requests: it leaves
+// at once, with the replies held before it, while one more read is still
+// queued behind the gated one.
+TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
+  ExpectRepliesBeforeTheSecondGate({{0, 4096}, {65536, 65536}, {0, 4096}, {8192, 4096}}, 2);
 }
 
 TEST(NbdServerTest, ConnectionsShareTheDevice) {
