@@ -13,10 +13,15 @@
 //        position is xored and `cut % 8` bytes are cut from the end, so
 //        damaged but realistic streams of every codec are tried.
 //
+//   control >> 2 sets the prefix a partial read decodes:
+//   ((control >> 2) + 1) * 2 KiB bytes, at most the extent.
+//
 // Checks: a sealed payload always opens; an undamaged stream decompresses
-// to its text; whatever decompresses recompresses and round-trips; no
-// decompressor writes past the extent (the libraries are not instrumented,
-// so a guard zone after the output stands in for the sanitizer).
+// to its text, and its prefix alone to the text's prefix (for any stream,
+// decoding a prefix stays inside the extent); whatever
+// decompresses recompresses and round-trips; no decompressor writes past
+// the extent (the libraries are not instrumented, so a guard zone after the
+// output stands in for the sanitizer).
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -59,15 +64,38 @@ const insitu::Codec& GetCodec(uint8_t id) {
   return *codecs[id % codecs.size()];
 }
 
-// Decompresses into a buffer followed by a guard zone and checks the zone.
+// The first `want` bytes of an extent, as a read of part of it asks for
+// them; set by the fuzz input.
+size_t g_prefix_want = 0;
+
+// Decompresses into a buffer followed by a guard zone and checks the zone;
+// then decodes the first g_prefix_want bytes alone, checking the zone again.
+// For a stream a compressor made (`whole_stream_valid`), the prefix must
+// match the whole.  A damaged stream may decode differently when cut short:
+// LZ4's decoders accept a match offset of zero and copy whatever the output
+// buffer held, and the partial decoder's buffer holds other bytes.  (The read
+// path reaches a decoder only with a payload whose CRC-32C matches.)
 bool Decompress(const insitu::Codec& codec, const uint8_t* src, size_t n, size_t out_len,
-                std::vector<uint8_t>* out) {
+                bool whole_stream_valid, std::vector<uint8_t>* out) {
+  const auto check_guard = [&](const std::vector<uint8_t>& buf) {
+    for (size_t i = out_len; i < buf.size(); ++i) {
+      Require(buf[i] == kGuardByte, "decompressor wrote past the end of its output");
+    }
+  };
   out->assign(out_len + kGuard, kGuardByte);
   const bool ok = codec.Decompress(src, n, out->data(), out_len).ok();
-  for (size_t i = out_len; i < out->size(); ++i) {
-    Require((*out)[i] == kGuardByte, "decompressor wrote past the end of its output");
-  }
+  check_guard(*out);
   out->resize(out_len);
+
+  const size_t want = g_prefix_want < out_len ? g_prefix_want : out_len;
+  std::vector<uint8_t> prefix(out_len + kGuard, kGuardByte);
+  const bool prefix_ok = codec.DecompressPrefix(src, n, prefix.data(), want, out_len).ok();
+  check_guard(prefix);
+  if (ok && whole_stream_valid) {
+    Require(prefix_ok, "a stream that decodes whole fails to decode its prefix");
+    Require(std::memcmp(prefix.data(), out->data(), want) == 0,
+            "the prefix differs from the whole");
+  }
   return ok;
 }
 
@@ -78,7 +106,7 @@ void CheckRoundTrip(const insitu::Codec& codec, const std::vector<uint8_t>& text
   if (len == 0) return;  // incompressible: the volume would store it raw
   Require(len <= comp.size(), "compressor overran its output");
   std::vector<uint8_t> back;
-  Require(Decompress(codec, comp.data(), len, text.size(), &back),
+  Require(Decompress(codec, comp.data(), len, text.size(), true, &back),
           "own output does not decompress");
   Require(back == text, "round trip changes the data");
 }
@@ -86,7 +114,7 @@ void CheckRoundTrip(const insitu::Codec& codec, const std::vector<uint8_t>& text
 // Seals comp_len compressed bytes as the volume writes them, opens the
 // payload as a read does, and decompresses it.
 bool SealOpenDecompress(const insitu::Codec& codec, const uint8_t* comp, uint32_t comp_len,
-                        uint16_t nblocks, std::vector<uint8_t>* out) {
+                        uint16_t nblocks, bool stream_valid, std::vector<uint8_t>* out) {
   const uint32_t sectors = insitu::format::PayloadSectors(comp_len);
   std::vector<uint8_t> payload(size_t{sectors} * kSectorSize);
   std::memcpy(payload.data(), comp, comp_len);
@@ -96,7 +124,8 @@ bool SealOpenDecompress(const insitu::Codec& codec, const uint8_t* comp, uint32_
   Require(insitu::OpenPayload(payload.data(), sectors, id, &trailer).ok(),
           "a sealed payload does not open");
   Require(trailer.comp_len == comp_len, "trailer length differs from the sealed one");
-  return Decompress(codec, payload.data(), comp_len, size_t{nblocks} * kBlockSize, out);
+  return Decompress(codec, payload.data(), comp_len, size_t{nblocks} * kBlockSize, stream_valid,
+                    out);
 }
 
 }  // namespace
@@ -105,6 +134,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 3) return 0;
   const insitu::Codec& codec = GetCodec(data[0]);
   const uint8_t mode = data[1] & 3;
+  g_prefix_want = (size_t{data[1]} / 4 + 1) * kBlockSize / 2;  // 2 to 128 KiB
   const uint16_t nblocks = static_cast<uint16_t>(1 + data[2] % insitu::format::kMaxExtentBlocks);
   const size_t extent_bytes = size_t{nblocks} * kBlockSize;
   // A compressed payload is always shorter than its extent.
@@ -124,12 +154,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       return 0;
     }
     Require(trailer.comp_len <= payload.size() - sizeof(trailer), "trailer length past payload");
-    if (Decompress(codec, payload.data(), trailer.comp_len, extent_bytes, &out)) {
+    if (Decompress(codec, payload.data(), trailer.comp_len, extent_bytes, false, &out)) {
       CheckRoundTrip(codec, out);
     }
   } else if (mode == 1) {
     if (size > max_comp) return 0;
-    if (SealOpenDecompress(codec, data, static_cast<uint32_t>(size), nblocks, &out)) {
+    if (SealOpenDecompress(codec, data, static_cast<uint32_t>(size), nblocks, false, &out)) {
       CheckRoundTrip(codec, out);
     }
   } else {
@@ -144,8 +174,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (len == 0 || len <= cut) return 0;
     comp[position % len] ^= flip;
     len -= cut;
-    const bool ok =
-        SealOpenDecompress(codec, comp.data(), static_cast<uint32_t>(len), nblocks, &out);
+    const bool ok = SealOpenDecompress(codec, comp.data(), static_cast<uint32_t>(len), nblocks,
+                                       flip == 0 && cut == 0, &out);
     if (flip == 0 && cut == 0) {
       Require(ok && out == text, "an undamaged stream does not decompress to its text");
     }

@@ -38,6 +38,37 @@ class LzoCodec final : public Codec {
     }
     return Status::OK();
   }
+
+  // liblzo2's safe decoder writes its output in stream order and stops
+  // before an instruction that would pass the end of the output buffer,
+  // reporting how much it produced.  A buffer bounded a little past `want`
+  // therefore stops it early, as lz4's partial decoder stops: a 4 KiB read
+  // of a 128 KiB extent decodes half of it on average.  When one long match
+  // starts before `want` and ends past the bound, the prefix comes back
+  // short; the extent is then decoded whole.
+  Status DecompressPrefix(const uint8_t* src, size_t n, uint8_t* dst, size_t want,
+                          size_t out_len) const override {
+    if (want > out_len || out_len - want <= kPrefixSlack) {
+      return Decompress(src, n, dst, out_len);
+    }
+    lzo_uint produced = want + kPrefixSlack;
+    const int rc = lzo1x_decompress_safe(src, n, dst, &produced, nullptr);
+    if (rc == LZO_E_OUTPUT_OVERRUN) {
+      return produced >= want ? Status::OK() : Decompress(src, n, dst, out_len);
+    }
+    if (rc == LZO_E_OK) {  // the stream ended inside the bound
+      return Status::Corruption("lzo payload of " + std::to_string(n) + " bytes ends after " +
+                                std::to_string(produced) + " of " + std::to_string(out_len) +
+                                " bytes");
+    }
+    return Status::Corruption("lzo payload of " + std::to_string(n) +
+                              " bytes is malformed (decoder status " + std::to_string(rc) + ")");
+  }
+
+ private:
+  // How far past `want` the prefix decoder may run.  Matches longer than
+  // this are rare outside runs of zeros, which decode fast anyway.
+  static constexpr size_t kPrefixSlack = 1024;
 };
 
 }  // namespace

@@ -70,6 +70,17 @@ class Inflater {
   bool ready_ = false;
 };
 
+Inflater& ThreadInflater() {
+  thread_local Inflater inflater;
+  return inflater;
+}
+
+Status Malformed(size_t n, const z_stream& zs, int rc, const std::string& progress) {
+  return Status::Corruption("zlib payload of " + std::to_string(n) + " bytes is malformed (" +
+                            (zs.msg != nullptr ? zs.msg : "inflate status " + std::to_string(rc)) +
+                            ", " + progress + ")");
+}
+
 class ZlibCodec final : public Codec {
  public:
   explicit ZlibCodec(int level) : level_(level) {}
@@ -89,8 +100,7 @@ class ZlibCodec final : public Codec {
   }
 
   Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {
-    thread_local Inflater inflater;
-    z_stream* zs = inflater.Get();
+    z_stream* zs = ThreadInflater().Get();
     if (zs == nullptr) return Status::IOError("zlib: cannot allocate an inflate stream", ENOMEM);
     if (n > UINT_MAX || out_len > UINT_MAX) {
       return Status::Corruption("zlib payload is larger than zlib can address");
@@ -103,11 +113,31 @@ class ZlibCodec final : public Codec {
     // A valid payload is exactly one stream that fills the output and uses
     // every input byte; trailing bytes mean the length field lied.
     if (rc != Z_STREAM_END || zs->avail_out != 0 || zs->avail_in != 0) {
-      return Status::Corruption(
-          "zlib payload of " + std::to_string(n) + " bytes is malformed (" +
-          (zs->msg != nullptr ? zs->msg : "inflate status " + std::to_string(rc)) + ", " +
-          std::to_string(zs->total_out) + " of " + std::to_string(out_len) + " bytes, " +
-          std::to_string(zs->avail_in) + " input bytes left)");
+      return Malformed(n, *zs, rc,
+                       std::to_string(zs->total_out) + " of " + std::to_string(out_len) +
+                           " bytes, " + std::to_string(zs->avail_in) + " input bytes left");
+    }
+    return Status::OK();
+  }
+
+  // inflate() stops when its output buffer is full, so a read of part of
+  // an extent decodes only up to the end of the part it needs.
+  Status DecompressPrefix(const uint8_t* src, size_t n, uint8_t* dst, size_t want,
+                          size_t out_len) const override {
+    if (want >= out_len) return Decompress(src, n, dst, out_len);
+    z_stream* zs = ThreadInflater().Get();
+    if (zs == nullptr) return Status::IOError("zlib: cannot allocate an inflate stream", ENOMEM);
+    if (n > UINT_MAX) return Status::Corruption("zlib payload is larger than zlib can address");
+    zs->next_in = const_cast<Bytef*>(src);
+    zs->avail_in = static_cast<uInt>(n);
+    zs->next_out = dst;
+    zs->avail_out = static_cast<uInt>(want);
+    const int rc = inflate(zs, Z_NO_FLUSH);
+    // Z_STREAM_END here means the stream ended short of out_len.
+    if (rc != Z_OK || zs->avail_out != 0) {
+      return Malformed(
+          n, *zs, rc,
+          std::to_string(zs->total_out) + " of the first " + std::to_string(want) + " bytes");
     }
     return Status::OK();
   }
