@@ -17,11 +17,10 @@
 //   ((control >> 2) + 1) * 2 KiB bytes, at most the extent.
 //
 // Checks: a sealed payload always opens; an undamaged stream decompresses
-// to its text, and its prefix alone to the text's prefix (for any stream,
-// decoding a prefix stays inside the extent); whatever
-// decompresses recompresses and round-trips; no decompressor writes past
-// the extent (the libraries are not instrumented, so a guard zone after the
-// output stands in for the sanitizer).
+// to its text, and its prefix alone to the text's prefix; whatever
+// decompresses recompresses and round-trips; no decompressor, whole or
+// prefix, writes past the extent (the libraries are not instrumented, so a
+// guard zone after the output stands in for the sanitizer).
 #include <array>
 #include <cstddef>
 #include <cstdint>

@@ -70,9 +70,24 @@ class Inflater {
   bool ready_ = false;
 };
 
-Inflater& ThreadInflater() {
+// One inflate(flush) call of src[0, n) into dst[0, cap) on this thread's
+// stream, which it leaves in *zs, with inflate's result in *rc, for the
+// caller to judge.  Fails only when there is no stream or a length is
+// beyond zlib's.
+Status Inflate(const uint8_t* src, size_t n, uint8_t* dst, size_t cap, int flush, z_stream** zs,
+               int* rc) {
   thread_local Inflater inflater;
-  return inflater;
+  *zs = inflater.Get();
+  if (*zs == nullptr) return Status::IOError("zlib: cannot allocate an inflate stream", ENOMEM);
+  if (n > UINT_MAX || cap > UINT_MAX) {
+    return Status::Corruption("zlib payload is larger than zlib can address");
+  }
+  (*zs)->next_in = const_cast<Bytef*>(src);  // zlib's API is not const-correct
+  (*zs)->avail_in = static_cast<uInt>(n);
+  (*zs)->next_out = dst;
+  (*zs)->avail_out = static_cast<uInt>(cap);
+  *rc = inflate(*zs, flush);
+  return Status::OK();
 }
 
 Status Malformed(size_t n, const z_stream& zs, int rc, const std::string& progress) {
@@ -100,16 +115,9 @@ class ZlibCodec final : public Codec {
   }
 
   Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {
-    z_stream* zs = ThreadInflater().Get();
-    if (zs == nullptr) return Status::IOError("zlib: cannot allocate an inflate stream", ENOMEM);
-    if (n > UINT_MAX || out_len > UINT_MAX) {
-      return Status::Corruption("zlib payload is larger than zlib can address");
-    }
-    zs->next_in = const_cast<Bytef*>(src);
-    zs->avail_in = static_cast<uInt>(n);
-    zs->next_out = dst;
-    zs->avail_out = static_cast<uInt>(out_len);
-    const int rc = inflate(zs, Z_FINISH);
+    z_stream* zs = nullptr;
+    int rc = 0;
+    INSITU_RETURN_IF_ERROR(Inflate(src, n, dst, out_len, Z_FINISH, &zs, &rc));
     // A valid payload is exactly one stream that fills the output and uses
     // every input byte; trailing bytes mean the length field lied.
     if (rc != Z_STREAM_END || zs->avail_out != 0 || zs->avail_in != 0) {
@@ -125,14 +133,9 @@ class ZlibCodec final : public Codec {
   Status DecompressPrefix(const uint8_t* src, size_t n, uint8_t* dst, size_t want,
                           size_t out_len) const override {
     if (want >= out_len) return Decompress(src, n, dst, out_len);
-    z_stream* zs = ThreadInflater().Get();
-    if (zs == nullptr) return Status::IOError("zlib: cannot allocate an inflate stream", ENOMEM);
-    if (n > UINT_MAX) return Status::Corruption("zlib payload is larger than zlib can address");
-    zs->next_in = const_cast<Bytef*>(src);
-    zs->avail_in = static_cast<uInt>(n);
-    zs->next_out = dst;
-    zs->avail_out = static_cast<uInt>(want);
-    const int rc = inflate(zs, Z_NO_FLUSH);
+    z_stream* zs = nullptr;
+    int rc = 0;
+    INSITU_RETURN_IF_ERROR(Inflate(src, n, dst, want, Z_NO_FLUSH, &zs, &rc));
     // Z_STREAM_END here means the stream ended short of out_len.
     if (rc != Z_OK || zs->avail_out != 0) {
       return Malformed(

@@ -131,6 +131,16 @@ TEST_P(CodecTest, DecompressPrefixGivesTheExactPrefix) {
           codec_->DecompressPrefix(payload.data(), payload.size() / 2, out.data(), want, n).ok())
           << "kind " << static_cast<int>(kind) << " want " << want;
     }
+    // Nor can a whole stream of a shorter extent: it ends cleanly, short of
+    // the prefix.
+    const std::vector<uint8_t> half(in.begin(), in.begin() + n / 2);
+    const std::vector<uint8_t> short_payload = is_none() ? half : CompressAll(*codec_, half);
+    const size_t past_end = n / 2 + 512;
+    EXPECT_FALSE(
+        codec_
+            ->DecompressPrefix(short_payload.data(), short_payload.size(), out.data(), past_end, n)
+            .ok())
+        << "kind " << static_cast<int>(kind);
   }
 }
 
