@@ -77,7 +77,7 @@ UndoJournal::UndoJournal(BlockDevice* dev, const format::Superblock& sb)
       header_bytes_(format::kJournalHeaderSlots * kBlockSize),
       ring_bytes_(sb.journal_bytes - format::kJournalHeaderSlots * kBlockSize) {}
 
-Status UndoJournal::Reserve(uint32_t data_sectors, uint64_t* ticket) {
+Status UndoJournal::Reserve(uint32_t data_sectors, uint64_t* ticket, bool* commit_due) {
   const uint64_t bytes = RecordBytes(data_sectors);
   std::lock_guard<std::mutex> lock(mu_);
   uint64_t pos = head_;
@@ -88,6 +88,7 @@ Status UndoJournal::Reserve(uint32_t data_sectors, uint64_t* ticket) {
   }
   head_ = pos + bytes;
   *ticket = pos;
+  *commit_due = head_ - started_ >= ring_bytes_ / 2;
   return Status::OK();
 }
 
@@ -116,6 +117,7 @@ Status UndoJournal::Write(uint64_t ticket, const UndoSpec& spec, uint64_t record
 
 uint64_t UndoJournal::CommitStarted() {
   std::lock_guard<std::mutex> lock(mu_);
+  started_ = head_;
   return head_;
 }
 

@@ -11,7 +11,9 @@
 // page they name is then on disk at a newer sequence; CommitStarted() and
 // CommitFinished() tell the ring which space that frees.  Space still needed
 // is never reused: Reserve() returns kBusy instead, and the caller commits
-// and retries.
+// and retries.  To keep writers from waiting for that commit, Reserve()
+// reports when the records since the last commit started fill half the
+// ring: a commit started then frees that half while writers fill the other.
 //
 // Thread-safety: all methods are thread-safe.  Reservations are made under
 // a mutex; the record writes themselves run concurrently.
@@ -49,7 +51,9 @@ class UndoJournal {
 
   // Reserves ring space for a record; *ticket identifies it.  kBusy when the
   // space is still needed by records since the last finished commit.
-  Status Reserve(uint32_t data_sectors, uint64_t* ticket);
+  // *commit_due is set when the records reserved since the last commit
+  // started take half the ring or more.
+  Status Reserve(uint32_t data_sectors, uint64_t* ticket, bool* commit_due);
   // Writes the record (not durable until the next device flush) into its
   // reserved space.  buf must hold
   // RecordBytes() bytes, aligned, with the saved bytes from its second
@@ -86,6 +90,7 @@ class UndoJournal {
   std::mutex mu_;
   uint64_t head_ = 0;       // absolute byte position of the next record
   uint64_t live_from_ = 0;  // absolute position of the oldest record still needed
+  uint64_t started_ = 0;    // head_ when the last commit started
   uint64_t header_seq_ = 0;
   std::atomic<uint64_t> bytes_written_{0};
 };

@@ -140,12 +140,22 @@ void InsituVolume::Impl::StartThreads() {
   // Write-through volumes have no pages to commit here, but the freed space
   // still has to go back to the device without waiting for a FLUSH.
   flusher = std::thread([this] {
+    using Clock = std::chrono::steady_clock;
     const auto period = std::chrono::seconds(std::max<uint32_t>(1, sb.meta_interval_s));
+    auto tick = Clock::now() + period;
     std::unique_lock<std::mutex> lock(threads_mu);
-    while (!flusher_cv.wait_for(lock, period, [this] { return threads_stop; })) {
+    for (;;) {
+      flusher_cv.wait_until(lock, tick, [this] { return threads_stop || commit_wanted; });
+      if (threads_stop) return;
+      // Discards age by ticks, so a commit asked for early discards nothing.
+      const bool on_tick = Clock::now() >= tick;
+      if (on_tick) tick = Clock::now() + period;
+      commit_wanted = false;
       lock.unlock();
       // A failure is logged by Commit() and stops the volume's writes.
-      if (!failed && (!meta.HasDirtyPages() || Commit().ok())) ProcessDiscards(DiscardAge::kAged);
+      if (!failed && (!meta.HasDirtyPages() || Commit().ok()) && on_tick) {
+        ProcessDiscards(DiscardAge::kAged);
+      }
       lock.lock();
     }
   });
@@ -162,6 +172,14 @@ void InsituVolume::Impl::StartThreads() {
       lock.lock();
     }
   });
+}
+
+void InsituVolume::Impl::WakeFlusher() {
+  {
+    std::lock_guard<std::mutex> lock(threads_mu);
+    commit_wanted = true;
+  }
+  flusher_cv.notify_one();
 }
 
 void InsituVolume::Impl::StopThreads() {

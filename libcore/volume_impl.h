@@ -68,6 +68,9 @@ class InsituVolume::Impl {
   enum class DiscardAge { kAged, kAll };
   void QueueDiscard(uint64_t slot_first, uint32_t units);
   void ProcessDiscards(DiscardAge age);
+  // Asks the flusher for a commit now, not at its next tick (the undo
+  // journal is half full: see UndoJournal::Reserve).
+  void WakeFlusher();
   // Drains the deferred overwrites outside a commit (see
   // DeferredWrites::Drain for at_least).  A failed drain left
   // undo-protected overwrites unwritten: it stops the volume's writes (the
@@ -160,6 +163,7 @@ class InsituVolume::Impl {
   std::condition_variable flusher_cv, drainer_cv;
   bool threads_stop = false;
   bool drain_wanted = false;
+  bool commit_wanted = false;
 };
 
 }  // namespace insitu

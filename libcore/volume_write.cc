@@ -401,6 +401,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   // for them.
   UndoSpec undo;
   uint64_t ticket = 0;
+  bool commit_due = false;
   uint32_t span_lo = 0, span_hi = 0;  // protected sectors about to be overwritten
   SlotViews views;
   for (;;) {
@@ -418,12 +419,13 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
       undo.page_seq[1] = vw.has_committing ? vw.committing_seq : 0;
       undo.data_offset = v_.BlockOffset(slot_first_) + uint64_t{span_lo} * kSectorSize;
       undo.data_sectors = span_hi - span_lo;
-      return v_.journal.Reserve(undo.data_sectors, &ticket);
+      return v_.journal.Reserve(undo.data_sectors, &ticket, &commit_due);
     });
     if (st.ok()) break;
     if (st.code() != Status::Code::kBusy) return st;
     INSITU_RETURN_IF_ERROR(v_.Commit());  // frees the journal
   }
+  if (commit_due) v_.WakeFlusher();
 
   // The slot's entries after this rewrite.
   uint8_t entries[kMaxExtentBlocks];

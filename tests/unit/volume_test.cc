@@ -15,6 +15,7 @@
 #include "libcore/mem_device.h"
 #include "libcore/meta_bitmap.h"
 #include "libcore/superblock.h"
+#include "libcore/undo_journal.h"
 #include "tests/unit/test_util.h"
 
 namespace insitu {
@@ -41,13 +42,16 @@ class CountingDevice : public BorrowedDevice {
   }
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
     if (offset >= data_offset) data_written += len;
+    if (offset < meta_end) meta_written += len;
     if (fua) ++flushes;
     return BorrowedDevice::Write(offset, buf, len, fua);
   }
   std::atomic<uint64_t> discarded{0};
   std::atomic<uint64_t> flushes{0};
   std::atomic<uint64_t> data_written{0};  // bytes written at or after data_offset
+  std::atomic<uint64_t> meta_written{0};  // bytes written before meta_end
   uint64_t data_offset = UINT64_MAX;
+  uint64_t meta_end = 0;
   std::function<void()> on_discard;  // runs before each discard, on its thread
 };
 
@@ -578,6 +582,41 @@ TEST_F(VolumeTest, DrainerWritesDeferredOverwritesPastTheSoftLimit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_GT(counting_->data_written, 0u);
+  ExpectReadsBackAcrossReopen(want);
+}
+
+// Once the undo records since the last commit fill half the journal, the
+// flusher commits at once (freeing that half) instead of at its next tick,
+// so writers do not stop to commit when the ring is full.
+TEST_F(VolumeTest, HalfFullJournalStartsACommit) {
+  FormatOptions fopts;
+  fopts.codec = {CodecId::kNone, 0};
+  fopts.meta_mode = format::MetaMode::kWriteBack;
+  fopts.meta_interval_s = 3600;  // no tick during the test
+  ASSERT_TRUE(FormatVolume(&mem_, fopts).ok());
+  Open();
+  const size_t len = 2 << 20;
+  std::vector<uint8_t> want = Data(DataKind::kRandom, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  const format::Superblock& sb = vol_->superblock();
+  counting_->meta_end = sb.journal_offset;
+  const uint64_t ring = sb.journal_bytes - format::kJournalHeaderSlots * kBlockSize;
+  // Overwrites of committed raw blocks take a record each: enough records
+  // for more than half the ring, and too few to fill it.
+  const uint64_t blocks = ring / 2 / UndoJournal::RecordBytes(format::kSectorsPerBlock) + 8;
+  ASSERT_LT(blocks * UndoJournal::RecordBytes(format::kSectorsPerBlock), ring);
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t off = i * kBlockSize;
+    auto bytes = Data(DataKind::kRandom, kBlockSize, 100 + i);
+    ASSERT_TRUE(vol_->Write(off, bytes.data(), kBlockSize, false).ok());
+    std::memcpy(want.data() + off, bytes.data(), kBlockSize);
+  }
+  EXPECT_GE(vol_->Stats().undo_records, blocks);
+  for (int i = 0; i < 1000 && counting_->meta_written == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GT(counting_->meta_written, 0u) << "no commit before the ring was full";
   ExpectReadsBackAcrossReopen(want);
 }
 
