@@ -223,6 +223,11 @@ run_target_round() {
   if [[ ! -e $file ]]; then
     target_create "$name" "$file" "$BENCH_SIZE"
     fresh=1
+  else
+    # Into the page cache, where the fill left it in round 1: the file sat
+    # idle while the other targets ran, and the kernel may have paged it
+    # out since (bench/README.md, "Warm page cache").
+    cat "$file" >/dev/null
   fi
   if [[ $name == nbdkit-memory ]]; then fresh=1; fi  # starts empty every time
   target_start "$name" "$file"
