@@ -174,6 +174,11 @@ void InsituVolume::Impl::StartThreads() {
   });
 }
 
+bool InsituVolume::Impl::CommitWanted() {
+  std::lock_guard<std::mutex> lock(threads_mu);
+  return commit_wanted;
+}
+
 void InsituVolume::Impl::WakeFlusher() {
   {
     std::lock_guard<std::mutex> lock(threads_mu);

@@ -11,6 +11,7 @@
 // not be durable; because of the two slots, a torn page write leaves the
 // previous copy.  docs/design.md has the whole argument.
 #include <algorithm>
+#include <iterator>
 
 #include "libcore/extent_map.h"
 #include "libcore/volume_impl.h"
@@ -120,6 +121,7 @@ uint32_t UsedUnits(const uint8_t* entries, uint32_t n) {
 
 void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
   std::vector<std::pair<uint64_t, uint32_t>> work;
+  std::vector<uint64_t> hot;  // sorted: slots freed in the last two periods
   {
     std::lock_guard<std::mutex> lock(discard_mu);
     work.swap(aged_discards);
@@ -128,14 +130,32 @@ void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
       pending_discards.clear();
     } else {
       aged_discards.swap(pending_discards);
+      std::vector<uint64_t> freed_last;
+      for (const auto& d : aged_discards) freed_last.push_back(d.first);
+      std::sort(freed_last.begin(), freed_last.end());
+      freed_last.erase(std::unique(freed_last.begin(), freed_last.end()), freed_last.end());
+      std::set_union(freed_last.begin(), freed_last.end(), freed_before_last_walk.begin(),
+                     freed_before_last_walk.end(), std::back_inserter(hot));
+      freed_before_last_walk.swap(freed_last);
     }
   }
+  // Units left for the next walk: those of hot slots, and all that an
+  // early stop did not reach.
+  std::vector<std::pair<uint64_t, uint32_t>> later;
   // Merge requests for the same slot.
   std::sort(work.begin(), work.end());
   for (size_t i = 0; i < work.size();) {
     const uint64_t slot_first = work[i].first;
+    if (age == DiscardAge::kAged && CommitWanted()) {
+      later.insert(later.end(), work.begin() + static_cast<ptrdiff_t>(i), work.end());
+      break;
+    }
     uint32_t units = 0;
     for (; i < work.size() && work[i].first == slot_first; ++i) units |= work[i].second;
+    if (std::binary_search(hot.begin(), hot.end(), slot_first)) {
+      later.emplace_back(slot_first, units);
+      continue;
+    }
     // Under the slot's lock, so no write can claim a unit between the check
     // and the discard.  Shared: readers only read units that the current
     // extents use, which are never discarded, and a discard may wait on the
@@ -160,6 +180,10 @@ void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
       (void)dev->Discard(BlockOffset(slot_first + b), uint64_t{e - b} * kBlockSize);
       b = e;
     }
+  }
+  if (!later.empty()) {
+    std::lock_guard<std::mutex> lock(discard_mu);
+    aged_discards.insert(aged_discards.end(), later.begin(), later.end());
   }
 }
 

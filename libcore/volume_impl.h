@@ -60,14 +60,19 @@ class InsituVolume::Impl {
   Status RunCommit();
   // Space freed by a write is discarded only once no copy of the metadata
   // on disk refers to it (after a commit).  The flusher's walk discards
-  // only what was freed before its previous walk (kAged): space freed by an
-  // overwrite is usually taken again by the next overwrite of the same
-  // extent, and a hole punch holds the backing file's inode lock, with
-  // every read and write of the file waiting, for as long as the device
-  // takes to discard.  FLUSH and close take everything (kAll).
+  // only what was freed before its previous walk (kAged), and of that
+  // nothing in a slot still being overwritten (a hot slot, see
+  // freed_before_last_walk: its units wait for a walk that finds it
+  // cooled): space freed by an overwrite is usually
+  // taken again by the next overwrite of the same extent, and a hole punch
+  // holds the backing file's inode lock, with every read and write of the
+  // file waiting, for as long as the device takes to discard.  A kAged
+  // walk also stops early when a commit is wanted (the rest waits for the
+  // next walk).  FLUSH and close take everything (kAll).
   enum class DiscardAge { kAged, kAll };
   void QueueDiscard(uint64_t slot_first, uint32_t units);
   void ProcessDiscards(DiscardAge age);
+  bool CommitWanted();
   // Asks the flusher for a commit now, not at its next tick (the undo
   // journal is half full: see UndoJournal::Reserve).
   void WakeFlusher();
@@ -156,6 +161,12 @@ class InsituVolume::Impl {
   // (slot_first, unit mask), guarded by discard_mu: freed since the last
   // walk, and freed before it (the next walk's work).
   std::vector<std::pair<uint64_t, uint32_t>> pending_discards, aged_discards;
+  // Sorted slots freed in the period before the last walk, guarded by
+  // discard_mu.  A slot is hot if freed in either of the last two periods:
+  // an overwrite frees units only when a commit has protected its extent's
+  // place (it moves to the other end) and not when undo records cover it,
+  // so a slot rewritten every second or two frees in some periods only.
+  std::vector<uint64_t> freed_before_last_walk;
   std::atomic<uint64_t> undo_records{0};
 
   std::thread flusher, drainer;

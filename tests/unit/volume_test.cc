@@ -58,10 +58,12 @@ class CountingDevice : public BorrowedDevice {
 class VolumeTest : public ::testing::Test {
  protected:
   void Format(CodecSpec codec = {CodecId::kLz4, 0},
-              format::MetaMode mode = format::MetaMode::kWriteThrough) {
+              format::MetaMode mode = format::MetaMode::kWriteThrough,
+              uint32_t meta_interval_s = FormatOptions{}.meta_interval_s) {
     FormatOptions opts;
     opts.codec = codec;
     opts.meta_mode = mode;
+    opts.meta_interval_s = meta_interval_s;
     ASSERT_TRUE(FormatVolume(&mem_, opts).ok());
   }
   void Open(bool read_only = false) {
@@ -281,11 +283,7 @@ TEST_F(VolumeTest, ReadsOfASlotDoNotWaitForItsDiscard) {
 TEST_F(VolumeTest, FlusherReturnsFreedSpaceWithoutAFlush) {
   for (auto mode : {format::MetaMode::kWriteThrough, format::MetaMode::kWriteBack}) {
     SCOPED_TRACE(mode == format::MetaMode::kWriteBack ? "write-back" : "write-through");
-    FormatOptions fopts;
-    fopts.codec = {CodecId::kLz4, 0};
-    fopts.meta_mode = mode;
-    fopts.meta_interval_s = 1;
-    ASSERT_TRUE(FormatVolume(&mem_, fopts).ok());
+    Format({CodecId::kLz4, 0}, mode, 1);
     Open();
     auto rnd = Data(DataKind::kRandom, 128 * 1024);
     ASSERT_TRUE(vol_->Write(0, rnd.data(), rnd.size(), false).ok());
@@ -299,6 +297,33 @@ TEST_F(VolumeTest, FlusherReturnsFreedSpaceWithoutAFlush) {
     EXPECT_EQ(ReadAll(0, rnd.size()), rnd);
     ASSERT_TRUE(vol_->Close().ok());
   }
+}
+
+// A slot that keeps being overwritten keeps the units its overwrites free
+// until it cools: the next overwrite takes them back anyway, and a punch
+// costs the backing file a discard and then a fresh allocation.  Once the
+// writes stop, a walk returns them.
+TEST_F(VolumeTest, HotSlotsAreDiscardedOnlyOnceTheyCool) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack, 1);
+  Open();
+  const size_t len = 128 * 1024;
+  // A commit (every second) protects the payload on disk, so the next
+  // overwrite moves to the other end of the extent's place and frees the
+  // old units.  One overwrite every 1.5 s frees units in some periods and
+  // not in others, but in every two in a row: still hot.
+  std::vector<uint8_t> last;
+  for (uint64_t seed = 1; seed <= 4; ++seed) {
+    if (seed > 1) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    last = Data(DataKind::kText, len, seed);
+    ASSERT_TRUE(vol_->Write(0, last.data(), len, false).ok());
+  }
+  EXPECT_EQ(counting_->discarded, 0u) << "a slot was discarded while it was being overwritten";
+  // Three walks: 3 s.  10 s only bounds a broken build's wait.
+  for (int i = 0; i < 100 && counting_->discarded == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_GT(counting_->discarded, 0u);
+  EXPECT_EQ(ReadAll(0, len), last);
 }
 
 TEST_F(VolumeTest, RecompressingShrinksPayloadAndPunchesTail) {
@@ -589,11 +614,7 @@ TEST_F(VolumeTest, DrainerWritesDeferredOverwritesPastTheSoftLimit) {
 // flusher commits at once (freeing that half) instead of at its next tick,
 // so writers do not stop to commit when the ring is full.
 TEST_F(VolumeTest, HalfFullJournalStartsACommit) {
-  FormatOptions fopts;
-  fopts.codec = {CodecId::kNone, 0};
-  fopts.meta_mode = format::MetaMode::kWriteBack;
-  fopts.meta_interval_s = 3600;  // no tick during the test
-  ASSERT_TRUE(FormatVolume(&mem_, fopts).ok());
+  Format({CodecId::kNone, 0}, format::MetaMode::kWriteBack, 3600);  // no tick in the test
   Open();
   const size_t len = 2 << 20;
   std::vector<uint8_t> want = Data(DataKind::kRandom, len, 1);
@@ -617,6 +638,60 @@ TEST_F(VolumeTest, HalfFullJournalStartsACommit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_GT(counting_->meta_written, 0u) << "no commit before the ring was full";
+  ExpectReadsBackAcrossReopen(want);
+}
+
+// A discard walk can take seconds (each punch may wait for the device); a
+// commit wanted meanwhile (a half-full journal) does not wait for the rest
+// of the walk, which resumes at the next one.
+TEST_F(VolumeTest, DiscardWalkStopsForAWantedCommit) {
+  Format({CodecId::kNone, 0}, format::MetaMode::kWriteBack, 1);
+  Open();
+  const size_t len = 2 << 20;  // 16 slots of raw data
+  std::vector<uint8_t> want = Data(DataKind::kRandom, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  const format::Superblock& sb = vol_->superblock();
+  counting_->meta_end = sb.journal_offset;
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  bool released = false;
+  uint64_t meta_at_second = 0;
+  counting_->on_discard = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (++calls == 2) meta_at_second = counting_->meta_written;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+  };
+  // The trim frees the back half's 8 slots: one punch each, in one walk.
+  ASSERT_TRUE(vol_->Discard(len / 2, len / 2).ok());
+  std::fill(want.begin() + len / 2, want.end(), 0);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return calls == 1; }));
+  }
+  // With the walk held in its first punch, overwrites take undo records
+  // for more than half the ring (but do not fill it): a commit is wanted.
+  const uint64_t ring = sb.journal_bytes - format::kJournalHeaderSlots * kBlockSize;
+  const uint64_t blocks = ring / 2 / UndoJournal::RecordBytes(format::kSectorsPerBlock) + 8;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    auto bytes = Data(DataKind::kRandom, kBlockSize, 100 + i);
+    ASSERT_TRUE(vol_->Write(i * kBlockSize, bytes.data(), kBlockSize, false).ok());
+    std::memcpy(want.data() + i * kBlockSize, bytes.data(), kBlockSize);
+  }
+  const uint64_t meta_before = counting_->meta_written;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+    cv.notify_all();
+  }
+  // 20 s only bounds a broken build's wait.
+  for (int i = 0; i < 2000 && counting_->discarded < len / 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(counting_->discarded, len / 2);
+  EXPECT_GT(meta_at_second, meta_before) << "the walk went on before the wanted commit";
   ExpectReadsBackAcrossReopen(want);
 }
 
