@@ -140,7 +140,6 @@ void InsituVolume::Impl::StartThreads() {
   // Write-through volumes have no pages to commit here, but the freed space
   // still has to go back to the device without waiting for a FLUSH.
   flusher = std::thread([this] {
-    using Clock = std::chrono::steady_clock;
     const auto period = std::chrono::seconds(std::max<uint32_t>(1, sb.meta_interval_s));
     auto tick = Clock::now() + period;
     std::unique_lock<std::mutex> lock(threads_mu);
@@ -154,7 +153,7 @@ void InsituVolume::Impl::StartThreads() {
       lock.unlock();
       // A failure is logged by Commit() and stops the volume's writes.
       if (!failed && (!meta.HasDirtyPages() || Commit().ok()) && on_tick) {
-        ProcessDiscards(DiscardAge::kAged);
+        ProcessDiscards(DiscardAge::kAged, tick);
       }
       lock.lock();
     }
@@ -174,9 +173,11 @@ void InsituVolume::Impl::StartThreads() {
   });
 }
 
-bool InsituVolume::Impl::CommitWanted() {
-  std::lock_guard<std::mutex> lock(threads_mu);
-  return commit_wanted;
+bool InsituVolume::Impl::DiscardWalkRest(Clock::duration rest, Clock::time_point until) {
+  std::unique_lock<std::mutex> lock(threads_mu);
+  const auto wake = rest >= until - Clock::now() ? until : Clock::now() + rest;
+  flusher_cv.wait_until(lock, wake, [this] { return threads_stop || commit_wanted; });
+  return !threads_stop && !commit_wanted && Clock::now() < until;
 }
 
 void InsituVolume::Impl::WakeFlusher() {

@@ -119,7 +119,7 @@ uint32_t UsedUnits(const uint8_t* entries, uint32_t n) {
 
 }  // namespace
 
-void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
+void InsituVolume::Impl::ProcessDiscards(DiscardAge age, Clock::time_point until) {
   std::vector<std::pair<uint64_t, uint32_t>> work;
   std::vector<uint64_t> hot;  // sorted: slots freed in the last two periods
   {
@@ -142,14 +142,25 @@ void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
   // Units left for the next walk: those of hot slots, and all that an
   // early stop did not reach.
   std::vector<std::pair<uint64_t, uint32_t>> later;
-  // Merge requests for the same slot.
+  // Merge requests for the same slot; a kAged walk starts at the slot
+  // where the last one stopped, so that walks cut short by writes still
+  // reach every slot in turn.
   std::sort(work.begin(), work.end());
+  if (age == DiscardAge::kAged) {
+    const auto resume =
+        std::lower_bound(work.begin(), work.end(), std::make_pair(walk_resume_slot, uint32_t{0}));
+    std::rotate(work.begin(), resume, work.end());
+    walk_resume_slot = 0;
+  }
+  Clock::duration rest{0};
   for (size_t i = 0; i < work.size();) {
     const uint64_t slot_first = work[i].first;
-    if (age == DiscardAge::kAged && CommitWanted()) {
+    if (age == DiscardAge::kAged && !DiscardWalkRest(rest, until)) {
       later.insert(later.end(), work.begin() + static_cast<ptrdiff_t>(i), work.end());
+      walk_resume_slot = slot_first;
       break;
     }
+    rest = Clock::duration{0};
     uint32_t units = 0;
     for (; i < work.size() && work[i].first == slot_first; ++i) units |= work[i].second;
     if (std::binary_search(hot.begin(), hot.end(), slot_first)) {
@@ -169,6 +180,7 @@ void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
     meta.ReadViews(slot_first, slot_blocks(), &views);
     units &= ~UsedUnits(current, slot_blocks()) & ~UsedUnits(views.durable, slot_blocks());
     if (views.has_committing) units &= ~UsedUnits(views.committing, slot_blocks());
+    const Clock::time_point start = Clock::now();
     for (uint32_t b = 0; b < format::kMaxExtentBlocks;) {
       if (!(units & (1u << b))) {
         ++b;
@@ -180,6 +192,7 @@ void InsituVolume::Impl::ProcessDiscards(DiscardAge age) {
       (void)dev->Discard(BlockOffset(slot_first + b), uint64_t{e - b} * kBlockSize);
       b = e;
     }
+    if (units != 0) rest = 3 * (Clock::now() - start);
   }
   if (!later.empty()) {
     std::lock_guard<std::mutex> lock(discard_mu);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -67,12 +68,21 @@ class InsituVolume::Impl {
   // taken again by the next overwrite of the same extent, and a hole punch
   // holds the backing file's inode lock, with every read and write of the
   // file waiting, for as long as the device takes to discard.  A kAged
-  // walk also stops early when a commit is wanted (the rest waits for the
-  // next walk).  FLUSH and close take everything (kAll).
+  // walk is also paced: after each slot it rests three times as long as
+  // the slot's discards took, so that punches take at most a quarter of
+  // the backing file's time even when a backlog of cooled slots comes due
+  // at once (the slots of a random-write phase, when sequential writes
+  // follow).  It stops at `until` (the
+  // flusher's next tick), when a commit is wanted, or when the threads
+  // stop; the rest waits for the next walk, which starts where this one
+  // stopped (walk_resume_slot).  FLUSH and close take everything at once
+  // (kAll).
   enum class DiscardAge { kAged, kAll };
+  using Clock = std::chrono::steady_clock;
   void QueueDiscard(uint64_t slot_first, uint32_t units);
-  void ProcessDiscards(DiscardAge age);
-  bool CommitWanted();
+  void ProcessDiscards(DiscardAge age, Clock::time_point until = Clock::time_point::max());
+  // Waits `rest` or until the walk must stop; false when it must.
+  bool DiscardWalkRest(Clock::duration rest, Clock::time_point until);
   // Asks the flusher for a commit now, not at its next tick (the undo
   // journal is half full: see UndoJournal::Reserve).
   void WakeFlusher();
@@ -167,6 +177,9 @@ class InsituVolume::Impl {
   // place (it moves to the other end) and not when undo records cover it,
   // so a slot rewritten every second or two frees in some periods only.
   std::vector<uint64_t> freed_before_last_walk;
+  // The slot where the last kAged walk stopped early (0 when it finished);
+  // flusher thread only.
+  uint64_t walk_resume_slot = 0;
   std::atomic<uint64_t> undo_records{0};
 
   std::thread flusher, drainer;

@@ -4,12 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 
 #include "libcore/mem_device.h"
@@ -32,7 +35,7 @@ class CountingDevice : public BorrowedDevice {
  public:
   using BorrowedDevice::BorrowedDevice;
   Status Discard(uint64_t offset, uint64_t len) override {
-    if (on_discard) on_discard();
+    if (on_discard) on_discard(offset);
     discarded += len;
     return BorrowedDevice::Discard(offset, len);
   }
@@ -52,7 +55,8 @@ class CountingDevice : public BorrowedDevice {
   std::atomic<uint64_t> meta_written{0};  // bytes written before meta_end
   uint64_t data_offset = UINT64_MAX;
   uint64_t meta_end = 0;
-  std::function<void()> on_discard;  // runs before each discard, on its thread
+  // Runs before each discard, with its offset, on its thread.
+  std::function<void(uint64_t offset)> on_discard;
 };
 
 class VolumeTest : public ::testing::Test {
@@ -243,7 +247,7 @@ TEST_F(VolumeTest, ReadsOfASlotDoNotWaitForItsDiscard) {
   std::mutex mu;
   std::condition_variable cv;
   bool entered = false, released = false;
-  counting_->on_discard = [&] {
+  counting_->on_discard = [&](uint64_t) {
     std::unique_lock<std::mutex> lock(mu);
     entered = true;
     cv.notify_all();
@@ -658,7 +662,7 @@ TEST_F(VolumeTest, DiscardWalkStopsForAWantedCommit) {
   int calls = 0;
   bool released = false;
   uint64_t meta_at_second = 0;
-  counting_->on_discard = [&] {
+  counting_->on_discard = [&](uint64_t) {
     std::unique_lock<std::mutex> lock(mu);
     if (++calls == 2) meta_at_second = counting_->meta_written;
     cv.notify_all();
@@ -692,6 +696,97 @@ TEST_F(VolumeTest, DiscardWalkStopsForAWantedCommit) {
   }
   EXPECT_EQ(counting_->discarded, len / 2);
   EXPECT_GT(meta_at_second, meta_before) << "the walk went on before the wanted commit";
+  ExpectReadsBackAcrossReopen(want);
+}
+
+// A backlog of cooled slots comes due at once (a trim, or the slots of a
+// random-write phase): the walk rests three times as long as each slot's
+// punches took, so writes waiting on the backing file's inode lock and its
+// journal get most of the time.  Without the rest the punches run back to
+// back and fill the walk's whole span.
+TEST_F(VolumeTest, DiscardWalkRestsBetweenSlots) {
+  Format({CodecId::kNone, 0}, format::MetaMode::kWriteBack, 1);
+  Open();
+  const size_t len = 1 << 20;  // 8 slots of raw data, one punch each
+  std::vector<uint8_t> want = Data(DataKind::kRandom, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  using Clock = std::chrono::steady_clock;
+  std::mutex mu;
+  Clock::time_point first{}, last{};
+  Clock::duration busy{0};
+  counting_->on_discard = [&](uint64_t) {
+    const Clock::time_point start = Clock::now();
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    std::lock_guard<std::mutex> lock(mu);
+    if (first == Clock::time_point{}) first = start;
+    last = Clock::now();
+    busy += last - start;
+  };
+  ASSERT_TRUE(vol_->Discard(0, len).ok());
+  // 20 s only bounds a broken build's wait.
+  for (int i = 0; i < 2000 && counting_->discarded < len; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(counting_->discarded, len);
+  std::lock_guard<std::mutex> lock(mu);
+  const auto span = last - first;
+  EXPECT_LT(busy * 2, span) << "punching for " << (busy / std::chrono::milliseconds(1)) << " ms of "
+                            << (span / std::chrono::milliseconds(1)) << " ms";
+}
+
+// A walk cut short (here by a punch that outlasts the period) resumes at
+// the next walk where it stopped, not at the lowest queued slot: otherwise
+// slots freed since at lower offsets would go first every time, and under
+// steady writes those past the stop would wait for a FLUSH.  The trims are
+// timed from a probe punch, which starts a walk: slots 3, 10 and 11 are
+// trimmed in one period and slot 0 in the next, so the walk that punches
+// slot 3 finds slot 0 still hot and stops before 10, and the next walk
+// finds all three cold.
+TEST_F(VolumeTest, DiscardWalkResumesWhereItStopped) {
+  Format({CodecId::kNone, 0}, format::MetaMode::kWriteBack, 1);
+  Open();
+  const uint64_t slot_bytes = uint64_t{vol_->superblock().extent_max_blocks} * kBlockSize;
+  std::vector<uint8_t> want = Data(DataKind::kRandom, 32 * slot_bytes, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  const uint64_t data_offset = vol_->superblock().data_offset;
+  using Clock = std::chrono::steady_clock;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint64_t> punched;  // slots, in punch order
+  Clock::time_point probe_at{};
+  counting_->on_discard = [&](uint64_t offset) {
+    const uint64_t slot = (offset - data_offset) / slot_bytes;
+    if (slot == 3) std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+    std::lock_guard<std::mutex> lock(mu);
+    if (slot == 31) probe_at = Clock::now();
+    punched.push_back(slot);
+    cv.notify_all();
+  };
+  const auto trim = [&](uint64_t slot) {
+    ASSERT_TRUE(vol_->Discard(slot * slot_bytes, slot_bytes).ok());
+    std::fill_n(want.begin() + static_cast<ptrdiff_t>(slot * slot_bytes), slot_bytes, 0);
+  };
+  trim(31);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return !punched.empty(); }));
+  }
+  std::this_thread::sleep_until(probe_at + std::chrono::milliseconds(500));
+  for (uint64_t slot : {3, 10, 11}) trim(slot);
+  std::this_thread::sleep_until(probe_at + std::chrono::milliseconds(1500));
+  trim(0);
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return punched.size() == 5; }));
+    const auto at3 = std::find(punched.begin(), punched.end(), 3);
+    ASSERT_NE(at3, punched.end());
+    ASSERT_NE(at3 + 1, punched.end());
+    std::string order;
+    for (uint64_t slot : punched) order += " " + std::to_string(slot);
+    EXPECT_EQ(at3[1], 10u) << "punch order:" << order;
+  }
   ExpectReadsBackAcrossReopen(want);
 }
 
