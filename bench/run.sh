@@ -208,6 +208,7 @@ run_cell() {
   run_fio "$WORK/run.json" "${WL_ARGS[@]}" "${LAYOUT[@]}" --iodepth="$depth" --time_based \
     --runtime="$BENCH_SECONDS" --norandommap
   cpu1=$(server_cpu)
+  sample_anon
   read -r iops mbps rbytes wbytes p99 ccpu < <(report fio-summary "$WORK/run.json")
   csv_row "$round" "$name" "$wl" "$depth" "$conns" "$BENCH_SECONDS" "$iops" "$mbps" "$rbytes" \
     "$wbytes" "$p99" "${cpu1:+$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.2f", b - a}')}" \
@@ -243,7 +244,7 @@ run_target_round() {
   read -r logical payload meta ratio <<<"$counters" || true  # empty for peers
   alloc=""
   if [[ $name != nbdkit-memory ]]; then alloc=$(alloc_bytes "$file"); fi  # else: in RAM
-  csv_row "$round" "$name" "$NOTE" "$fresh" "$FILL_S" "$FILL_MBPS" "$PEAK_RSS_KIB" \
+  csv_row "$round" "$name" "$NOTE" "$fresh" "$FILL_S" "$FILL_MBPS" "$PEAK_RSS_KIB" "$PEAK_ANON_KIB" \
     "$SERVER_CPU_S" "$logical" "$payload" "$meta" "$ratio" "$alloc" >>"$OUT/targets.csv"
 }
 
@@ -251,7 +252,7 @@ run_matrix() {
   local round name
   echo "round,target,workload,depth,conns,seconds,iops,mbps,read_bytes,write_bytes,p99_us,server_cpu_s,client_cpu_s" \
     >"$OUT/results.csv"
-  echo "round,target,note,fresh,fill_s,fill_mbps,peak_rss_kib,server_cpu_s,logical_bytes,payload_bytes,meta_bytes,compression_ratio,alloc_bytes" \
+  echo "round,target,note,fresh,fill_s,fill_mbps,peak_rss_kib,peak_anon_kib,server_cpu_s,logical_bytes,payload_bytes,meta_bytes,compression_ratio,alloc_bytes" \
     >"$OUT/targets.csv"
   for round in $(seq "$BENCH_ROUNDS"); do
     for name in $BENCH_TARGETS; do

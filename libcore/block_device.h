@@ -58,6 +58,18 @@ class BlockDevice {
   // lengths sum to len.  The default says "all data".
   virtual Status GetAllocation(uint64_t offset, uint64_t len, std::vector<AllocationRun>* runs);
 
+  // The device's bytes [offset, offset+len) in memory, when it can show
+  // them without a copy (a page-cache mapping, a memory device), else
+  // nullptr (the default; also for ranges it cannot show).  The view stays
+  // valid while the device lives and shows later writes.  Every access to
+  // it must run inside GuardMappedAccess (mapped_region.h): a mapped page
+  // that cannot be read faults at the access.
+  virtual const uint8_t* View(uint64_t offset, size_t len) {
+    (void)offset;
+    (void)len;
+    return nullptr;
+  }
+
   // I/O granularity hints for clients (NBD block-size constraints).
   virtual uint32_t PreferredBlockSize() const { return 4096; }
 

@@ -58,6 +58,13 @@ class DeferredWrites {
   // True when a queued write overlaps [offset, offset+len).
   bool Overlaps(uint64_t offset, uint64_t len) const;
 
+  // The device's view of [offset, offset+len) (BlockDevice::View) when no
+  // queued write overlaps it, else nullptr (read it with Read()).  The
+  // caller keeps writes to the range out, as for Read().
+  const uint8_t* View(uint64_t offset, size_t len) {
+    return Overlaps(offset, len) ? nullptr : dev_->View(offset, len);
+  }
+
   // Flushes the device (making the undo records of the queued writes
   // durable), then writes every queued write in order.  Does nothing when
   // the queue is empty, or when fewer than at_least bytes are queued once

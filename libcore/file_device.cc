@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "libcore/aligned_buffer.h"
+#include "libcore/mapped_region.h"
 
 namespace insitu {
 namespace {
@@ -208,6 +209,7 @@ struct FileDevice::Impl {
   // that two sub-sector writes to disjoint bytes of one sector cannot undo
   // each other.
   std::array<std::mutex, kSectorLockStripes> sector_locks;
+  MappedRegion map;  // buffered devices only
 
   bool Aligned(uint64_t offset, uint64_t len, const void* buf) const {
     return offset % align == 0 && len % align == 0 &&
@@ -492,11 +494,18 @@ Status FileDevice::Open(const std::string& path, const FileDeviceOptions& opts,
       impl->mem_align = mem_align;
     }
   }
+  // Without a mapping, View() shows nothing and reads copy, as with
+  // direct I/O: slower, never wrong, so a failed mmap is not an error.
+  if (!impl->direct) (void)MappedRegion::Map(raw_fd, impl->size, path, &impl->map);
   out->reset(new FileDevice(std::move(impl)));
   return Status::OK();
 }
 
 uint64_t FileDevice::Size() const { return impl_->size; }
+
+const uint8_t* FileDevice::View(uint64_t offset, size_t len) {
+  return impl_->map.View(offset, len);
+}
 
 Status FileDevice::Read(uint64_t offset, void* buf, size_t len) {
   INSITU_RETURN_IF_ERROR(CheckRange(offset, len));

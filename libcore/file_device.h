@@ -12,6 +12,9 @@
 // overlaps a concurrent aligned write of the same sector may leave a mix of
 // the two (the BlockDevice contract leaves overlapping writes unordered).
 //
+// A buffered device is also mapped read-only (MappedRegion), and View()
+// shows the mapping, so a reader can use page-cache bytes without a copy.
+//
 // FUA writes carry RWF_DSYNC; Flush() is an fdatasync (IORING_OP_FSYNC with
 // IORING_FSYNC_DATASYNC).  Buffered (page cache) writes use pwritev2 on the
 // calling thread: io_uring would hand each to a kernel worker thread.
@@ -73,6 +76,10 @@ class FileDevice : public BlockDevice {
   Status Flush() override;
   Status Discard(uint64_t offset, uint64_t len) override;
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override;
+  // A buffered (page cache) device is mapped read-only at Open(), and
+  // View() shows the mapping; a direct-I/O device, or one whose mapping
+  // failed, shows none.
+  const uint8_t* View(uint64_t offset, size_t len) override;
   // Regular files: reports holes from SEEK_HOLE/SEEK_DATA.
   Status GetAllocation(uint64_t offset, uint64_t len, std::vector<AllocationRun>* runs) override;
   std::string Describe() const override;

@@ -22,6 +22,12 @@ class MemDevice : public BlockDevice {
   Status Flush() override;
   Status Discard(uint64_t offset, uint64_t len) override;
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override;
+  // Views bypass the lock: a reader must not read bytes that a
+  // concurrent write is changing (the volume's extent locks see to it).
+  const uint8_t* View(uint64_t offset, size_t len) override {
+    if (offset > data_.size() || len > data_.size() - offset) return nullptr;
+    return data_.data() + offset;
+  }
   std::string Describe() const override { return "memory"; }
 
   // Direct access for tests (not synchronized with concurrent I/O).

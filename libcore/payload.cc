@@ -38,27 +38,33 @@ void SealPayload(uint8_t* payload, uint32_t comp_len, uint32_t sectors, const Pa
 
 Status OpenPayload(const uint8_t* payload, uint32_t sectors, const PayloadIdentity& expect,
                    PayloadTrailer* trailer) {
-  const std::string where = "payload of extent at block " + std::to_string(expect.head_block);
+  // Built only for an error: a read must not allocate, and nothing with a
+  // destructor may be alive while the checksum reads a mapped payload
+  // (GuardMappedAccess).
+  const auto where = [&] {
+    return "payload of extent at block " + std::to_string(expect.head_block);
+  };
   const size_t total = size_t{sectors} * format::kSectorSize;
-  if (sectors == 0 || total < sizeof(PayloadTrailer)) return Status::Corruption(where + ": empty");
+  if (sectors == 0 || total < sizeof(PayloadTrailer))
+    return Status::Corruption(where() + ": empty");
   PayloadTrailer t;
   std::memcpy(&t, payload + total - sizeof(t), sizeof(t));
-  if (t.magic != format::kPayloadMagic) return Status::Corruption(where + ": no payload trailer");
+  if (t.magic != format::kPayloadMagic) return Status::Corruption(where() + ": no payload trailer");
   if (t.version != format::kPayloadVersion) {
-    return Status::Corruption(where + ": unknown payload version " + std::to_string(t.version));
+    return Status::Corruption(where() + ": unknown payload version " + std::to_string(t.version));
   }
   if (t.comp_len > total - sizeof(t) || format::PayloadSectors(t.comp_len) != sectors) {
-    return Status::Corruption(where + ": compressed length " + std::to_string(t.comp_len) +
+    return Status::Corruption(where() + ": compressed length " + std::to_string(t.comp_len) +
                               " does not match " + std::to_string(sectors) + " sectors");
   }
-  if (t.crc != TrailerCrc(payload, t)) return Status::Corruption(where + ": checksum mismatch");
+  if (t.crc != TrailerCrc(payload, t)) return Status::Corruption(where() + ": checksum mismatch");
   if (t.head_block != expect.head_block || t.nblocks != expect.nblocks) {
-    return Status::Corruption(where + ": belongs to extent at block " +
+    return Status::Corruption(where() + ": belongs to extent at block " +
                               std::to_string(t.head_block) + " of " + std::to_string(t.nblocks) +
                               " blocks (stale payload)");
   }
   if (t.codec != static_cast<uint8_t>(expect.codec)) {
-    return Status::Corruption(where + ": written by codec " + std::to_string(t.codec));
+    return Status::Corruption(where() + ": written by codec " + std::to_string(t.codec));
   }
   *trailer = t;
   return Status::OK();

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "libcore/aligned_buffer.h"
+#include "libcore/mapped_region.h"
 #include "libcore/payload.h"
 #include "libcore/superblock.h"
 #include "libcore/volume_impl.h"
@@ -90,23 +91,34 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
   } else {
     ReadScratch& scratch = GetReadScratch();
     const uint32_t payload_bytes = e.sectors * format::kSectorSize;
-    st = deferred.Read(BlockOffset(head) + uint64_t{e.payload_start()} * format::kSectorSize,
-                       scratch.payload.data(), payload_bytes);
-    format::PayloadTrailer trailer;
-    if (st.ok()) {
-      st = OpenPayload(scratch.payload.data(), e.sectors,
-                       {head, static_cast<uint16_t>(e.nblocks), codec->id()}, &trailer);
+    const uint64_t at = BlockOffset(head) + uint64_t{e.payload_start()} * format::kSectorSize;
+    // Checked and decoded in place when the device can show it (the page
+    // cache, mapped): no read call, no copy of the payload.
+    const uint8_t* payload = deferred.View(at, payload_bytes);
+    if (payload == nullptr) {
+      st = deferred.Read(at, scratch.payload.data(), payload_bytes);
+      payload = scratch.payload.data();
     }
     if (st.ok()) {
-      const bool whole = from == head && to == head + e.nblocks;
-      const size_t extent_bytes = size_t{e.nblocks} * kBlockSize;
-      if (whole) {
-        st = codec->Decompress(scratch.payload.data(), trailer.comp_len, out, extent_bytes);
-      } else {
-        st = codec->DecompressPrefix(scratch.payload.data(), trailer.comp_len,
-                                     scratch.extent.data(), (to - head) * kBlockSize, extent_bytes);
-        if (st.ok()) std::memcpy(out, scratch.extent.data() + (from - head) * kBlockSize, bytes);
-      }
+      // No object with a destructor is alive across an access to the
+      // payload (see GuardMappedAccess): each Status is made by a callee
+      // after its last access.
+      st = GuardMappedAccess([&]() -> Status {
+        format::PayloadTrailer trailer;
+        const PayloadIdentity identity{head, static_cast<uint16_t>(e.nblocks), codec->id()};
+        if (Status s = OpenPayload(payload, e.sectors, identity, &trailer); !s.ok()) return s;
+        const size_t extent_bytes = size_t{e.nblocks} * kBlockSize;
+        if (from == head && to == head + e.nblocks) {
+          return codec->Decompress(payload, trailer.comp_len, out, extent_bytes);
+        }
+        if (Status s = codec->DecompressPrefix(payload, trailer.comp_len, scratch.extent.data(),
+                                               (to - head) * kBlockSize, extent_bytes);
+            !s.ok()) {
+          return s;
+        }
+        std::memcpy(out, scratch.extent.data() + (from - head) * kBlockSize, bytes);
+        return Status::OK();
+      });
       if (!st.ok()) st = st.Annotate("extent at block " + std::to_string(head));
     }
   }

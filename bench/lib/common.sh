@@ -93,6 +93,18 @@ proc_state() {
 }
 
 proc_hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# The process's own memory (anonymous and shared-memory pages), without the
+# page-cache pages of files it maps, which VmRSS and VmHWM count.
+proc_anon_kib() { awk '/^(RssAnon|RssShmem):/ {s += $2} END {print s + 0}' "/proc/$1/status"; }
+
+# Raises PEAK_ANON_KIB to the running server's anonymous RSS now (there is
+# no kernel high-water mark for it, so it is sampled after every fio run).
+sample_anon() {
+  local kib
+  [[ -n $SERVER_PID ]] || return 0
+  kib=$(proc_anon_kib "$SERVER_PID")
+  if ((kib > ${PEAK_ANON_KIB:-0})); then PEAK_ANON_KIB=$kib; fi
+}
 
 alloc_bytes() { stat -c '%b %B' "$1" | awk '{print $1 * $2}'; }
 
@@ -186,7 +198,7 @@ spawn_server() {
 # NOTE (how the server ended up configured).
 target_start() {
   local name=$1 file=$2 sock="$WORK/$1.sock" logfile="$OUT/logs/$1.log"
-  CTL="" NOTE="" SERVER_PID="" URI="nbd+unix:///?socket=$sock"
+  CTL="" NOTE="" SERVER_PID="" URI="nbd+unix:///?socket=$sock" PEAK_ANON_KIB=0
   rm -f "$sock"
   case $(target_kind "$name") in
     fio-raw)
@@ -270,7 +282,7 @@ forget_pid() {
   done
 }
 
-# Stops the running target; sets PEAK_RSS_KIB and SERVER_CPU_S (taken just
+# Stops the running target; sets PEAK_RSS_KIB, PEAK_ANON_KIB and SERVER_CPU_S (taken just
 # before the stop), then flushes the backing file so its write-back does
 # not run into the next target's measurements.
 target_stop() {
@@ -278,6 +290,7 @@ target_stop() {
   PEAK_RSS_KIB="" SERVER_CPU_S=""
   if [[ -n $SERVER_PID ]]; then
     PEAK_RSS_KIB=$(proc_hwm_kib "$SERVER_PID")
+    sample_anon
     SERVER_CPU_S=$(proc_cpu_s "$SERVER_PID")
     stop_pid "$SERVER_PID"
   fi

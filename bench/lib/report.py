@@ -327,7 +327,7 @@ def resource_table(m, target_rows, run_rows, range_bytes):
     by_target = {}
     for r in target_rows:
         by_target.setdefault(r["target"], []).append(r)
-    header = ["target", "peak RSS", "server CPU s/GiB written", "server CPU s/GiB read",
+    header = ["target", "peak RSS", "peak anon RSS", "server CPU s/GiB written", "server CPU s/GiB read",
               "first fill MB/s", "logical written", "payload written", "metadata written",
               "payload/logical", "meta/payload", "backing allocated", "alloc/range", "server"]
     body = []
@@ -335,12 +335,14 @@ def resource_table(m, target_rows, run_rows, range_bytes):
         rows = by_target.get(t, [])
         last = rows[-1] if rows else {}
         rss = [num(r["peak_rss_kib"]) for r in rows if num(r["peak_rss_kib"])]
+        anon = [num(r.get("peak_anon_kib")) for r in rows if num(r.get("peak_anon_kib"))]
         fills = [num(r["fill_mbps"]) for r in rows if r["fresh"] == "1" and num(r["fill_mbps"])]
         logical, payload, meta = (num(last.get(k)) for k in
                                   ("logical_bytes", "payload_bytes", "meta_bytes"))
         alloc = num(last.get("alloc_bytes"))
         body.append([
             f"`{t}`", fmt_bytes(max(rss) * 1024) if rss else "—",
+            fmt_bytes(max(anon) * 1024) if anon else "—",
             fmt(cpu_per_gib(run_rows, t, WRITE_WORKLOADS, "write_bytes"), 2),
             fmt(cpu_per_gib(run_rows, t, READ_WORKLOADS, "read_bytes"), 2),
             fmt(statistics.median(fills)) if fills else "—",
@@ -350,7 +352,11 @@ def resource_table(m, target_rows, run_rows, range_bytes):
             fmt_bytes(alloc), fmt(alloc / range_bytes, 3) if alloc is not None else "—",
             last.get("note", "") or "—"])
     return ("## Resources per target\n\nPeak RSS is the server's VmHWM just before it "
-            "stopped (highest over the rounds). Server CPU is utime+stime over the write "
+            "stopped (highest over the rounds); it counts the page-cache pages of a "
+            "file the server maps (insitu maps its backing file to read payloads in "
+            "place), which are the page cache's, not the server's. Peak anon RSS is "
+            "the highest RssAnon + RssShmem sampled after every fio run: the "
+            "server's own memory. Server CPU is utime+stime over the write "
             "workloads (randwrite4k, seqwrite128k) per GiB the client wrote, and over the "
             "read workloads per GiB read. Byte counters and allocation are from the last "
             "round, after a clean stop: lifetime counters of the volume (fill and every "

@@ -1,7 +1,10 @@
 // Helpers shared by the unit and model tests.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -9,6 +12,35 @@
 #include "libcore/block_device.h"
 
 namespace insitu::testing {
+
+// $TMPDIR, or /tmp.
+inline std::string TempDir() {
+  const char* dir = std::getenv("TMPDIR");
+  return (dir != nullptr && *dir != '\0') ? dir : "/tmp";
+}
+
+// A uniquely named empty file in `dir`, removed when the object goes;
+// path() is empty when it could not be made.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& dir) {
+    std::string name = dir + "/insitu-test-XXXXXX";
+    const int fd = mkstemp(name.data());
+    if (fd >= 0) {
+      close(fd);
+      path_ = name;
+    }
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  ~TempFile() {
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 // A BlockDevice that forwards to one it does not own, so a test can close a
 // volume and reopen it on the same MemDevice.
@@ -27,6 +59,7 @@ class BorrowedDevice : public BlockDevice {
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override {
     return target_->WriteZeroes(offset, len, fua);
   }
+  const uint8_t* View(uint64_t offset, size_t len) override { return target_->View(offset, len); }
   std::string Describe() const override { return "borrowed:" + target_->Describe(); }
 
  private:
