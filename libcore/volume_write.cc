@@ -15,8 +15,8 @@
 //     own place; all-zero blocks become unwritten (no payload at all);
 //  5. pin the metadata page and find the data sectors that a copy of the
 //     metadata on disk still refers to ("protected"); if the new payloads
-//     overlap them, save those sectors' current bytes in an undo record,
-//     which must be durable before the overwrite reaches the disk — so a
+//     overlap them, save those sectors' current bytes in undo records (one
+//     per run of them), durable before the overwrite reaches the disk — so a
 //     crash at any point can put back exactly what the metadata on disk
 //     describes;
 //  6. write the payloads in place — or, when they overwrite protected
@@ -167,6 +167,41 @@ struct NewExtent {
   }
 };
 
+// One undo record of a rewrite: slot-relative sectors [first, first +
+// spec.data_sectors), and its place in the journal ring.
+struct UndoRun {
+  uint32_t first = 0;
+  UndoSpec spec;
+  uint64_t ticket = 0;
+};
+
+// The records that save the sectors in `hit`: one per run of them, except
+// that runs at most one sector apart share a record (a record's header
+// takes a sector, so saving the gap costs no more).
+void SavedRuns(const SectorSet& hit, std::vector<UndoRun>* runs) {
+  runs->clear();
+  for (uint32_t s = 0; s < kSlotSectors;) {
+    if (!hit.test(s)) {
+      ++s;
+      continue;
+    }
+    uint32_t end = s + 1;
+    for (;;) {
+      while (end < kSlotSectors && hit.test(end)) ++end;
+      if (end + 1 < kSlotSectors && hit.test(end + 1)) {
+        end += 1;  // a one-sector gap: keep it in this record
+        continue;
+      }
+      break;
+    }
+    UndoRun r;
+    r.first = s;
+    r.spec.data_sectors = end - s;
+    runs->push_back(r);
+    s = end;
+  }
+}
+
 // Per-thread buffers and extent lists of the write path, so that a write
 // allocates nothing.  A rewrite never starts another on the same thread
 // (commits and drains write no slot), so one set per thread suffices.
@@ -176,6 +211,7 @@ struct WriteScratch {
   AlignedBuffer undo{kMaxExtentBlocks * kBlockSize + kSectorSize};
   std::vector<SlotExtent> old, touched;
   std::vector<NewExtent> extents;
+  std::vector<UndoRun> undo_runs;
 };
 WriteScratch& GetWriteScratch() {
   thread_local WriteScratch scratch;
@@ -397,29 +433,29 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   }
 
   // Pin the page and place the payloads; if they would still overwrite
-  // sectors a copy of the metadata on disk refers to, reserve an undo record
-  // for them.
-  UndoSpec undo;
-  uint64_t ticket = 0;
+  // sectors a copy of the metadata on disk refers to, reserve undo records
+  // for them: one per run of such sectors (SavedRuns), so that the gaps
+  // between the payloads are not saved too.
+  std::vector<UndoRun>& runs = scratch.undo_runs;
   bool commit_due = false;
-  uint32_t span_lo = 0, span_hi = 0;  // protected sectors about to be overwritten
   SlotViews views;
   for (;;) {
     Status st = v_.meta.Pin(slot_first_, slot_n, &views, [&](const SlotViews& vw) {
       SectorSet protect = UsedSectors(vw.durable, slot_n);
       if (vw.has_committing) protect |= UsedSectors(vw.committing, slot_n);
-      const SectorSet hit = PlacePayloads(&extents, protect, v_.back_payloads) & protect;
-      span_lo = span_hi = 0;
-      if (hit.none()) return Status::OK();
-      while (!hit.test(span_lo)) ++span_lo;
-      span_hi = kSlotSectors;
-      while (!hit.test(span_hi - 1)) --span_hi;
-      undo.page = vw.page;
-      undo.page_seq[0] = vw.durable_seq;
-      undo.page_seq[1] = vw.has_committing ? vw.committing_seq : 0;
-      undo.data_offset = v_.BlockOffset(slot_first_) + uint64_t{span_lo} * kSectorSize;
-      undo.data_sectors = span_hi - span_lo;
-      return v_.journal.Reserve(undo.data_sectors, &ticket, &commit_due);
+      SavedRuns(PlacePayloads(&extents, protect, v_.back_payloads) & protect, &runs);
+      for (UndoRun& r : runs) {
+        r.spec.page = vw.page;
+        r.spec.page_seq[0] = vw.durable_seq;
+        r.spec.page_seq[1] = vw.has_committing ? vw.committing_seq : 0;
+        r.spec.data_offset = v_.BlockOffset(slot_first_) + uint64_t{r.first} * kSectorSize;
+        bool due = false;
+        // A reservation made before a kBusy one is left unused: the ring
+        // skips it like the end of a lap, and recovery finds no record there.
+        INSITU_RETURN_IF_ERROR(v_.journal.Reserve(r.spec.data_sectors, &r.ticket, &due));
+        commit_due |= due;
+      }
+      return Status::OK();
     });
     if (st.ok()) break;
     if (st.code() != Status::Code::kBusy) return st;
@@ -441,28 +477,36 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   // record to be durable; so do all writes into a slot that has overwrites
   // queued, or a drain could later land older bytes over them.  Only this
   // request (it holds the slot's lock) can queue more for the slot.
-  const bool undo_needed = span_hi > span_lo;
+  const bool undo_needed = !runs.empty();
   const bool defer = undo_needed || v_.deferred.Overlaps(v_.BlockOffset(slot_first_),
                                                          uint64_t{slot_n} * kBlockSize);
   if (undo_needed) {
-    // The record must save the bytes on the device, which the on-disk
+    // A record must save the bytes on the device, which the on-disk
     // metadata describes.  Where an overwrite is still queued they differ,
     // and only that overwrite's own record (not durable yet either) holds
     // the device's bytes: drain first, so that record is durable and the
     // device current.  Only this request can queue more for the slot.
-    const size_t saved_len = size_t{undo.data_sectors} * kSectorSize;
     Status st;
-    if (v_.deferred.Overlaps(undo.data_offset, saved_len)) st = v_.DrainDeferred();
-    uint8_t* saved = scratch.undo.data() + kSectorSize;
-    if (st.ok()) st = v_.dev->Read(undo.data_offset, saved, saved_len);
-    uint64_t seq = 0;
-    if (st.ok()) st = v_.NextWriteSeq(&seq);
-    if (st.ok()) st = v_.journal.Write(ticket, undo, seq, scratch.undo.data());
+    for (const UndoRun& r : runs) {
+      if (v_.deferred.Overlaps(r.spec.data_offset, size_t{r.spec.data_sectors} * kSectorSize)) {
+        st = v_.DrainDeferred();
+        break;
+      }
+    }
+    for (const UndoRun& r : runs) {
+      uint8_t* saved = scratch.undo.data() + kSectorSize;
+      if (st.ok())
+        st = v_.dev->Read(r.spec.data_offset, saved, size_t{r.spec.data_sectors} * kSectorSize);
+      uint64_t seq = 0;
+      if (st.ok()) st = v_.NextWriteSeq(&seq);
+      if (st.ok()) st = v_.journal.Write(r.ticket, r.spec, seq, scratch.undo.data());
+      if (!st.ok()) break;
+      v_.undo_records.fetch_add(1);
+    }
     if (!st.ok()) {
       v_.meta.Unpin(slot_first_, slot_n, nullptr);
       return st;
     }
-    v_.undo_records.fetch_add(1);
   }
   Status st = WritePayloads(extents, defer);
   if (!st.ok()) {

@@ -425,6 +425,55 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
   ExpectReadsBackAcrossReopen(want);
 }
 
+// The first cut of a committed extent overwrites the old payload where
+// the pieces' payloads land, not in the gaps between them: the undo
+// records save those sectors only, one record per run of them.
+TEST_F(VolumeTest, ACutSavesOnlyTheSectorsItsPiecesOverwrite) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack, 3600);
+  Open();
+  const size_t len = 128 * 1024;
+  std::vector<uint8_t> want = Data(DataKind::kText, len, 1);
+  ASSERT_TRUE(vol_->Write(0, want.data(), len, false).ok());
+  ASSERT_TRUE(vol_->Flush().ok());
+  uint32_t old_sectors = 0;
+  vol_->ForEachExtent([&](const ExtentInfo& e) {
+    if (e.head_block == 0) old_sectors = e.payload_start == 0 ? e.payload_sectors : 0;
+  });
+  ASSERT_GT(old_sectors, 0u) << "the first payload is at the front of its place";
+
+  // Nothing but undo records is written before the data area until the
+  // next commit (an hour away).
+  counting_->meta_end = vol_->superblock().data_offset;
+  counting_->meta_written = 0;
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(13 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 13 * kBlockSize, a.data(), a.size());
+
+  // The old payload's sectors that the pieces' payloads overwrite.
+  std::vector<bool> hit(old_sectors, false);
+  vol_->ForEachExtent([&](const ExtentInfo& e) {
+    if (e.head_block >= 32 || e.kind == ExtentInfo::Kind::kUnwritten) return;
+    const uint64_t start = e.head_block * format::kSectorsPerBlock + e.payload_start;
+    for (uint64_t s = start; s < start + e.payload_sectors && s < old_sectors; ++s) hit[s] = true;
+  });
+  const auto hits = static_cast<uint64_t>(std::count(hit.begin(), hit.end(), true));
+  const auto first = static_cast<uint64_t>(std::find(hit.begin(), hit.end(), true) - hit.begin());
+  const auto last = old_sectors - 1 -
+                    static_cast<uint64_t>(std::find(hit.rbegin(), hit.rend(), true) - hit.rbegin());
+  ASSERT_GT(hits, 0u);
+  ASSERT_LT(hits, last + 1 - first) << "the pieces' payloads leave gaps in the old one";
+
+  // Each record is a header sector and its saved sectors; runs one sector
+  // apart may share a record, which then saves that sector too.
+  const uint64_t records = vol_->Stats().undo_records;
+  EXPECT_GE(records, 2u);
+  EXPECT_GE(counting_->meta_written, (hits + records) * format::kSectorSize);
+  EXPECT_LE(counting_->meta_written, (hits + 2 * records - 1) * format::kSectorSize);
+  EXPECT_LT(counting_->meta_written, (last + 1 - first + 1) * format::kSectorSize)
+      << "less than one record of the whole span";
+  ExpectReadsBackAcrossReopen(want);
+}
+
 // 128 KiB whose zstd:1 payload spills a few bytes into its last 4 KiB unit
 // and whose zstd:3 payload fits in one unit fewer: a random prefix (which
 // no level compresses) of a length that puts the spill there, then text.
