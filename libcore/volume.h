@@ -66,7 +66,7 @@ struct VolumeStats {
   uint64_t logical_bytes_written = 0;  // bytes clients asked to write
   uint64_t payload_bytes_written = 0;  // data-area bytes written to the backing device
   uint64_t meta_bytes_written = 0;     // metadata, journal and superblock bytes written
-  uint64_t undo_records = 0;           // overwrites that saved old bytes first (this open)
+  uint64_t undo_records = 0;           // undo records written, one per saved run (this open)
   uint64_t refits = 0;                 // payloads compressed again to save a unit (this open)
   uint64_t refit_units_saved = 0;      // 4 KiB units those retries saved (this open)
   uint64_t blocks_compressed = 0;      // blocks in compressed extents
