@@ -185,14 +185,10 @@ void SavedRuns(const SectorSet& hit, std::vector<UndoRun>* runs) {
       ++s;
       continue;
     }
+    // The run goes on over hit sectors and over one-sector gaps.
     uint32_t end = s + 1;
-    for (;;) {
-      while (end < kSlotSectors && hit.test(end)) ++end;
-      if (end + 1 < kSlotSectors && hit.test(end + 1)) {
-        end += 1;  // a one-sector gap: keep it in this record
-        continue;
-      }
-      break;
+    while (end < kSlotSectors && (hit.test(end) || (end + 1 < kSlotSectors && hit.test(end + 1)))) {
+      ++end;
     }
     UndoRun r;
     r.first = s;
