@@ -7,6 +7,7 @@
 // Nothing is written to the target: it is opened read-only, so dump is safe
 // on a volume that needs recovery and shows it exactly as a crash left it.
 #include <algorithm>
+#include <bit>
 #include <ctime>
 #include <iomanip>
 #include <iostream>
@@ -69,11 +70,13 @@ void PrintSection(const std::string& title, const nlohmann::json& obj) {
 }
 
 nlohmann::json ExtentToJson(const ExtentInfo& e) {
-  return {{"head_block", e.head_block},
-          {"nblocks", e.nblocks},
-          {"kind", KindName(e.kind)},
-          {"payload_sectors", e.payload_sectors},
-          {"payload_start", e.payload_start}};
+  nlohmann::json patched = nlohmann::json::array();
+  for (uint32_t k = 0; k < e.nblocks; ++k) {
+    if (e.patched >> k & 1) patched.push_back(e.head_block + k);
+  }
+  return {{"head_block", e.head_block},       {"nblocks", e.nblocks},
+          {"kind", KindName(e.kind)},         {"payload_sectors", e.payload_sectors},
+          {"payload_start", e.payload_start}, {"patched_blocks", patched}};
 }
 
 }  // namespace
@@ -145,13 +148,14 @@ int RunDump(const std::string& prog, const DumpArgs& args) {
       std::cout << "extents:\n"
                 << "  " << std::right << std::setw(14) << "head_block" << std::setw(9) << "nblocks"
                 << "  " << std::left << std::setw(11) << "kind" << std::setw(17)
-                << "payload_sectors"
-                << "payload_start\n";
+                << "payload_sectors" << std::setw(15) << "payload_start"
+                << "patched\n";
       vol->ForEachExtent([&](const ExtentInfo& e) {
         count_corrupt(e);
         std::cout << "  " << std::right << std::setw(14) << e.head_block << std::setw(9)
                   << e.nblocks << "  " << std::left << std::setw(11) << KindName(e.kind)
-                  << std::setw(17) << e.payload_sectors << e.payload_start << "\n";
+                  << std::setw(17) << e.payload_sectors << std::setw(15) << e.payload_start
+                  << std::popcount(e.patched) << "\n";
       });
     }
   }

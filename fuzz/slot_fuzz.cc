@@ -53,7 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Require(e.sectors <= e.nblocks * kSectorsPerBlock, "payload larger than its blocks");
     Require(!e.unwritten() || e.nblocks == 1, "unwritten run of several blocks");
     uint8_t encoded[insitu::format::kMaxExtentBlocks];
-    insitu::EncodeExtent(e.nblocks, e.sectors, encoded, e.back);
+    Require((e.patched & ~e.patchable()) == 0, "a patched block where the payload lies");
+    insitu::EncodeExtent(e.nblocks, e.sectors, encoded, e.back, e.patched);
     Require(std::memcmp(encoded, entries + e.first, e.nblocks) == 0,
             "extent encodes to other entries");
   }

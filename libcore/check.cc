@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstring>
 
 #include "libcore/aligned_buffer.h"
@@ -32,6 +33,18 @@ using format::kSectorSize;
 namespace {
 
 constexpr uint32_t kJournalSlots = format::kJournalHeaderSlots;
+
+// The patched blocks of the compressed extent `e`, whose payload is lost,
+// still hold their own data: each becomes a single raw block in the slot's
+// `entries`, and kept(slot block) is called for it.
+template <typename Fn>
+void KeepPatchedRaw(const SlotExtent& e, uint8_t* entries, Fn&& kept) {
+  for (uint32_t k = 0; k < e.nblocks; ++k) {
+    if ((e.patched >> k & 1) == 0) continue;
+    EncodeExtent(1, format::kSectorsPerBlock, entries + e.first + k);
+    kept(e.first + k);
+  }
+}
 
 std::string Blocks(uint64_t first, uint64_t n) {
   if (n == 1) return "block " + std::to_string(first);
@@ -129,6 +142,9 @@ class Checker {
   Status RepairPage(uint64_t page);
   Status BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* counts);
   Status MergeSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* counts);
+  // After BuildSlot: the blocks of the slot's compressed extent `e` that
+  // hold patches (bit k: e's block k).  See BuildSlot.
+  uint32_t FoundPatches(const SlotExtent& e) const;
   void LoadSlot(const Page& pg, uint64_t slot_first, uint8_t* entries) const;
   void StoreSlot(Page& pg, uint64_t slot_first, const uint8_t* entries, const std::string& why);
   Status WriteDirtyPages(uint64_t margin);
@@ -184,7 +200,8 @@ class Checker {
   std::vector<NewBad> new_bad_;
   uint64_t max_write_seq_ = 0;
   bool any_write_seq_ = false;
-  AlignedBuffer slot_buf_{format::kMaxExtentBlocks * kBlockSize};     // a slot's data
+  AlignedBuffer slot_buf_{format::kMaxExtentBlocks * kBlockSize};  // a slot's data
+  std::vector<Candidate> candidates_;  // the payloads BuildSlot found in slot_buf_
   AlignedBuffer payload_buf_{format::kMaxExtentBlocks * kBlockSize};  // an extent's payload
   AlignedBuffer extent_buf_{format::kMaxExtentBlocks * kBlockSize};   // decompressed extent
 };
@@ -646,14 +663,46 @@ Status Checker::RepairPage(uint64_t page) {
 // covers them: their data was in that payload, and the place holds its
 // compressed bytes, not the block's data.  Other blocks are unwritten when
 // their place is all zero and raw otherwise; raw blocks have no checksum,
-// so they are counted as unverified.
+// so they are counted as unverified.  By the same rule a taken extent's
+// block beside its payload whose place is not all zero was patched (also
+// unverified): the place of a block that holds no data is zero once the
+// space freed there was discarded.
+uint32_t Checker::FoundPatches(const SlotExtent& e) const {
+  if ((sb_.incompat & format::kIncompatPatchedBlocks) == 0) return 0;
+  // Patches lie beside e's payload, not all zero, and not under another
+  // payload found there (its older bytes).
+  const auto under_payload = [&](uint32_t b) {
+    return std::any_of(candidates_.begin(), candidates_.end(), [&](const Candidate& o) {
+      const SlotExtent other{o.head, o.nblocks, o.sectors, false, o.back};
+      const uint32_t start = o.head * format::kSectorsPerBlock + other.payload_start();
+      const bool same =
+          o.head == e.first && o.nblocks == e.nblocks && o.sectors == e.sectors && o.back == e.back;
+      return !same && start < (b + 1) * format::kSectorsPerBlock &&
+             b * format::kSectorsPerBlock < start + o.sectors;
+    });
+  };
+  uint32_t out = 0;
+  const uint32_t room = e.patchable();
+  for (uint32_t k = 0; k < e.nblocks; ++k) {
+    const uint32_t b = e.first + k;
+    const uint8_t* place = slot_buf_.data() + size_t{b} * kBlockSize;
+    if ((room >> k & 1) != 0 &&
+        std::any_of(place, place + kBlockSize, [](uint8_t x) { return x != 0; }) &&
+        !under_payload(b)) {
+      out |= 1u << k;
+    }
+  }
+  return out;
+}
+
 Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* counts) {
   const auto n = static_cast<uint32_t>(SlotBlocksAt(slot_first));
   uint8_t* data = slot_buf_.data();
   INSITU_RETURN_IF_ERROR(
       dev_->Read(sb_.data_offset + slot_first * kBlockSize, data, size_t{n} * kBlockSize)
           .Annotate("reading the data area"));
-  std::vector<Candidate> found;
+  std::vector<Candidate>& found = candidates_;
+  found.clear();
   for (uint32_t end = 1; end <= n * format::kSectorsPerBlock; ++end) {
     format::PayloadTrailer t;
     std::memcpy(&t, data + size_t{end} * kSectorSize - sizeof(t), sizeof(t));
@@ -709,8 +758,10 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
     }
     std::fill(owner.begin() + c.head, owner.begin() + c.head + c.nblocks, Owner::kExtent);
     std::fill(owner_seq.begin() + c.head, owner_seq.begin() + c.head + c.nblocks, c.write_seq);
-    EncodeExtent(c.nblocks, c.sectors, entries + c.head, c.back);
+    const uint32_t patched = FoundPatches(SlotExtent{c.head, c.nblocks, c.sectors, false, c.back});
+    EncodeExtent(c.nblocks, c.sectors, entries + c.head, c.back, patched);
     counts->extents++;
+    counts->raw += static_cast<uint32_t>(std::popcount(patched));
   }
   for (const Candidate* c : losers) {
     // A damaged payload wholly under newer intact ones is a stale leftover.
@@ -740,12 +791,12 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
 
 // Merges a slot's entries from a copy that may be stale with what the data
 // area holds (BuildSlot).  The copy's compressed extents whose payloads
-// verify stay.  Its raw blocks carry no checksum, so an intact compressed
-// payload found over them is newer and replaces them (the rest of a raw
-// extent becomes single raw blocks, which read the same).  Blocks it calls
-// unwritten take the rebuilt extents and raw blocks found there; the blocks
-// of its extents that fail verification take the rebuilt extents lying
-// wholly among such blocks, and the rest of them are lost (bad) -- or
+// verify stay, with the patches BuildSlot finds beside them added (their
+// failing payloads' patched blocks become raw blocks).  Its raw blocks carry no checksum, so an
+// intact compressed payload found over them is newer and replaces them (the rest of a raw extent
+// becomes single raw blocks, which read the same).  Blocks it calls unwritten take the rebuilt
+// extents and raw blocks found there; the blocks of its extents that fail verification take the
+// rebuilt extents lying wholly among such blocks, and the rest of them are lost (bad) -- or
 // unwritten where the failing payload reads as all zero, which means it was
 // discarded (trimmed or rewritten elsewhere) after the copy was written.
 // A damaged payload found in space the copy calls unwritten proves nothing
@@ -777,11 +828,20 @@ Status Checker::MergeSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
                                          [](uint8_t b) { return b == 0; });
       std::fill(fill.begin() + e.first, fill.begin() + e.first + e.nblocks,
                 discarded ? Fill::kDiscarded : Fill::kFailed);
+      KeepPatchedRaw(e, entries, [&](uint32_t b) { fill[b] = Fill::kRaw; });
     }
   }
   uint8_t rebuilt[format::kMaxExtentBlocks];
   RebuildCounts all;
   INSITU_RETURN_IF_ERROR(BuildSlot(slot_first, rebuilt, &all));
+  // The copy may predate patches of its intact extents.
+  for (const SlotExtent& e : in_use) {
+    if (e.first >= n || !e.compressed() || fill[e.first] != Fill::kKeep) continue;
+    const uint32_t newer = FoundPatches(e) & ~e.patched;
+    if (newer == 0) continue;
+    EncodeExtent(e.nblocks, e.sectors, entries + e.first, e.back, e.patched | newer);
+    counts->raw += static_cast<uint32_t>(std::popcount(newer));
+  }
   std::vector<SlotExtent> found;
   INSITU_RETURN_IF_ERROR(DecodeSlot(rebuilt, sb_.extent_max_blocks, &found));
   const auto replaceable = [](Fill f) { return f == Fill::kFailed || f == Fill::kDiscarded; };
@@ -921,17 +981,25 @@ Status Checker::CheckExtents() {
         }
       } else {
         std::fill(entries + e.first, entries + e.first + e.nblocks, format::kMetaBadBlock);
-        stats.blocks_bad += e.nblocks;
+        KeepPatchedRaw(e, entries, [](uint32_t) {});
+        const auto kept = static_cast<uint64_t>(std::popcount(e.patched));
+        stats.blocks_bad += e.nblocks - kept;
+        stats.blocks_raw += kept;
         changed = true;
       }
       if (!st.ok()) {
+        const auto lost = e.nblocks - static_cast<uint32_t>(std::popcount(e.patched));
+        std::string repair = "mark its " + std::to_string(lost) +
+                             " blocks bad so reads of them fail (their data is lost)";
+        if (e.patched != 0) {
+          repair += "; its " + std::to_string(e.nblocks - lost) +
+                    " patched blocks keep their data, as raw blocks";
+        }
         Problem("extent of " + Blocks(head, e.nblocks) + " unreadable: " + st.message(),
                 DeviceOffset(sb_.data_offset + head * kBlockSize +
                              uint64_t{e.payload_start()} * kSectorSize) +
                     ", " + std::to_string(e.sectors) + " sectors",
-                "mark its " + std::to_string(e.nblocks) +
-                    " blocks bad so reads of them fail (their data is lost)",
-                Repair::kLosesData, PageFixed(Repair::kLosesData));
+                repair, Repair::kLosesData, PageFixed(Repair::kLosesData));
         if (changed) StoreSlot(pg, slot, entries, st.message());
       }
     }

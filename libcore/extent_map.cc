@@ -21,7 +21,15 @@ uint32_t SlotExtent::used_units() const {
   const uint32_t start = payload_start() / format::kSectorsPerBlock;
   const uint32_t end =
       (payload_start() + sectors + format::kSectorsPerBlock - 1) / format::kSectorsPerBlock;
-  return UnitMask(first + start, end - start);
+  return UnitMask(first + start, end - start) | patched << first;
+}
+
+uint32_t SlotExtent::patchable() const {
+  if (!compressed()) return 0;
+  const uint32_t start = payload_start() / format::kSectorsPerBlock;
+  const uint32_t end =
+      (payload_start() + sectors + format::kSectorsPerBlock - 1) / format::kSectorsPerBlock;
+  return UnitMask(1, nblocks - 1) & ~UnitMask(start, end - start);
 }
 
 bool CanPlaceBack(uint32_t nblocks, uint32_t sectors) {
@@ -52,6 +60,11 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
     uint32_t charge[format::kMaxExtentBlocks];
     for (uint32_t k = i; k < j; ++k) {
       if (entries[k] & ~(kMetaLengthMask | kMetaTailBit)) return Bad(k, "stray bits set");
+      if (entries[k] == format::kMetaPatched) {
+        e.patched |= 1u << (k - i);
+        charge[k - i] = 0;
+        continue;
+      }
       uint32_t len = entries[k] & kMetaLengthMask;
       if (k == i && e.back) len -= format::kMetaBackHead;
       if (len > format::kSectorsPerBlock) return Bad(k, "length " + std::to_string(len) + " > 8");
@@ -65,7 +78,9 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
       return Bad(i, "payload of " + std::to_string(e.sectors) + " sectors cannot sit at the back");
     }
     // The lengths must be exactly the greedy charge of the total, from the
-    // head (front payloads) or from the last block (back payloads).
+    // head (front payloads) or from the last block (back payloads); a
+    // patched block counts as charged 0, so it lies where the payload does
+    // not (and is never the head: a patch is a tail entry).
     uint32_t left = e.sectors;
     for (uint32_t step = 0; step < e.nblocks; ++step) {
       const uint32_t k = e.back ? e.nblocks - 1 - step : step;
@@ -79,7 +94,8 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
   return Status::OK();
 }
 
-void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool back) {
+void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool back,
+                  uint32_t patched) {
   uint32_t left = sectors;
   for (uint32_t step = 0; step < nblocks; ++step) {
     const uint32_t k = back ? nblocks - 1 - step : step;
@@ -88,6 +104,9 @@ void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool bac
     entries[k] = static_cast<uint8_t>(len | (k == 0 ? 0 : kMetaTailBit));
   }
   if (back) entries[0] = static_cast<uint8_t>(entries[0] + format::kMetaBackHead);
+  for (uint32_t k = 0; k < nblocks; ++k) {
+    if (patched >> k & 1) entries[k] = format::kMetaPatched;
+  }
 }
 
 }  // namespace insitu

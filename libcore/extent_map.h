@@ -11,7 +11,9 @@
 //    1 <= P <= 8*nblocks; P == 8*nblocks means raw storage, anything less a
 //    compressed payload;
 //  - a back payload (head entry kMetaBackHead + h) is compressed, charged
-//    greedily from the last block backwards, the head carrying h <= 5.
+//    greedily from the last block backwards, the head carrying h <= 5;
+//  - a tail of a compressed extent that the greedy charge gives no sectors
+//    may be patched (kMetaPatched): its data is raw at its own place.
 #pragma once
 
 #include <cstdint>
@@ -28,13 +30,22 @@ struct SlotExtent {
   uint32_t sectors = 0;  // payload sectors; 0 for an unwritten or bad block
   bool bad = false;      // data lost; reads fail until the block is rewritten
   bool back = false;     // compressed payload at the back of the extent's place
+  // Bit k: the extent's block k (never its head) is patched, its data raw
+  // at its own place instead of in the payload.  Only compressed extents.
+  uint32_t patched = 0;
   bool unwritten() const { return sectors == 0 && !bad; }
   bool raw() const { return !bad && sectors == nblocks * 8; }
   bool compressed() const { return sectors != 0 && !raw(); }
   // First payload sector, counted from the start of the extent's place.
   uint32_t payload_start() const { return back ? nblocks * 8 - sectors : 0; }
-  // The 4 KiB units of the slot that the payload occupies (a bitmask).
+  bool is_patched(uint32_t slot_block) const { return (patched >> (slot_block - first) & 1) != 0; }
+  // The 4 KiB units of the slot that the payload and the patched blocks
+  // occupy (a bitmask).
   uint32_t used_units() const;
+  // The blocks of the extent the payload leaves room for (bit k: block k,
+  // a tail whose place holds none of the payload's sectors): where a patch
+  // may go.  0 unless compressed.
+  uint32_t patchable() const;
 };
 
 // Bitmask of the `count` 4 KiB units of a slot starting at unit `first`
@@ -49,8 +60,10 @@ Status DecodeSlot(const uint8_t* entries, uint32_t n, std::vector<SlotExtent>* o
 
 // Writes the entries of one extent of nblocks blocks with a payload of
 // `sectors` sectors (0 only when nblocks == 1: an unwritten block), at the
-// front of its place or, when `back` (CanPlaceBack() must hold), at the back.
-void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool back = false);
+// front of its place or, when `back` (CanPlaceBack() must hold), at the back,
+// with the blocks in `patched` (a subset of SlotExtent::patchable()) patched.
+void EncodeExtent(uint32_t nblocks, uint32_t sectors, uint8_t* entries, bool back = false,
+                  uint32_t patched = 0);
 
 // Whether a compressed payload of `sectors` sectors can be encoded at the
 // back of an extent of nblocks blocks (its head may carry at most 5).

@@ -33,6 +33,10 @@
 // the payload the on-disk metadata still describes instead of over it.  It
 // is charged greedily from the last block backwards, and its head entry is
 // kMetaBackHead + (the head's own charge, 0..5).
+// A tail block that the greedy charge leaves without payload sectors may be
+// *patched* (entry kMetaPatched): its current data is stored raw at its own
+// place, beside the payload, which still holds the block's older bytes.  A
+// small write into a large compressed extent thus writes only its blocks.
 //
 // All integers are little-endian.  Every structure carries a magic, a
 // version and a CRC-32C; see each struct.
@@ -62,7 +66,9 @@ inline constexpr uint32_t kRoCompatKnown = 0;
 // Compressed payloads may sit at the end of their extent's place (head
 // entries 9..14, see "metadata pages" below).  Set by format.
 inline constexpr uint32_t kIncompatBackPayloads = 1u << 0;
-inline constexpr uint32_t kIncompatKnown = kIncompatBackPayloads;
+// Tail entries may be kMetaPatched (see "metadata pages").  Set by format.
+inline constexpr uint32_t kIncompatPatchedBlocks = 1u << 1;
+inline constexpr uint32_t kIncompatKnown = kIncompatBackPayloads | kIncompatPatchedBlocks;
 
 enum class VolumeState : uint32_t {
   kClean = 1,  // closed cleanly: metadata on disk describes every block
@@ -134,6 +140,10 @@ inline constexpr uint8_t kMetaBadBlock = 0x0f;
 // of an extent whose compressed payload sits at the back of its place.
 inline constexpr uint8_t kMetaBackHead = 9;
 inline constexpr uint8_t kMaxBackHeadCharge = 5;
+// A tail entry with length 9: a patched block.  It carries no payload
+// sectors (the greedy charge must give it none) and its data is the raw
+// 4 KiB at its own place, not the payload's copy.
+inline constexpr uint8_t kMetaPatched = kMetaTailBit | 9;
 
 // A metadata page slot.  Of the two slots of a page, the valid one (magic,
 // version, page index and CRC all good) with the higher sequence is current;

@@ -49,6 +49,7 @@ InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superbloc
       deferred(dev.get(), DeferredDrainBytes(s)),
       read_only(opts.read_only),
       back_payloads((sb.incompat & format::kIncompatBackPayloads) != 0),
+      patched_blocks((sb.incompat & format::kIncompatPatchedBlocks) != 0),
       split_extents(opts.split_extents),
       log(opts.log ? opts.log : [](const std::string& line) { std::cerr << line << "\n"; }) {
   base_logical = sb.logical_bytes_written;
@@ -86,9 +87,12 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
     return Status::OK();
   }
   Status st;
+  // Extent-relative bits of the blocks wanted.
+  const uint32_t want =
+      UnitMask(static_cast<uint32_t>(from - head), static_cast<uint32_t>(to - from));
   if (e.raw()) {
     st = deferred.Read(BlockOffset(from), out, bytes);
-  } else {
+  } else if ((want & ~e.patched) != 0) {
     ReadScratch& scratch = GetReadScratch();
     const uint32_t payload_bytes = e.sectors * format::kSectorSize;
     const uint64_t at = BlockOffset(head) + uint64_t{e.payload_start()} * format::kSectorSize;
@@ -121,6 +125,15 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
       });
       if (!st.ok()) st = st.Annotate("extent at block " + std::to_string(head));
     }
+  }
+  // Patched blocks: raw at their places, over what the payload held.
+  for (uint32_t left = want & e.patched; st.ok() && left != 0;) {
+    const auto k = static_cast<uint32_t>(__builtin_ctz(left));
+    uint32_t end = k + 1;
+    while (end < e.nblocks && (left >> end & 1) != 0) ++end;
+    st = deferred.Read(BlockOffset(head + k), out + (head + k - from) * kBlockSize,
+                       size_t{end - k} * kBlockSize);
+    left &= ~UnitMask(k, end - k);
   }
   if (!st.ok()) read_errors.fetch_add(1);
   return st;
@@ -457,6 +470,7 @@ VolumeStats InsituVolume::Stats() const {
   s.meta_bytes_written =
       v.base_meta + v.meta.bytes_written() + v.super_written.load() + v.journal.bytes_written();
   s.undo_records = v.undo_records.load();
+  s.patch_writes = v.patch_writes.load();
   if (v.fitter) {
     s.refits = v.fitter->tries();
     s.refit_units_saved = v.fitter->units_saved();
@@ -487,7 +501,7 @@ void InsituVolume::ForEachExtent(const std::function<void(const ExtentInfo&)>& f
         static_cast<uint32_t>(std::min<uint64_t>(v.slot_blocks(), v.sb.data_blocks - slot));
     if (!v.ReadSlot(slot, &extents).ok()) {
       emit_pending();
-      fn(ExtentInfo{slot, in_volume, 0, 0, ExtentInfo::Kind::kCorrupt});
+      fn(ExtentInfo{slot, in_volume, 0, 0, 0, ExtentInfo::Kind::kCorrupt});
       continue;
     }
     for (const SlotExtent& e : extents) {
@@ -498,7 +512,7 @@ void InsituVolume::ForEachExtent(const std::function<void(const ExtentInfo&)>& f
         continue;
       }
       emit_pending();
-      fn(ExtentInfo{slot + e.first, e.nblocks, e.sectors, e.payload_start(),
+      fn(ExtentInfo{slot + e.first, e.nblocks, e.sectors, e.payload_start(), e.patched,
                     e.bad     ? ExtentInfo::Kind::kBad
                     : e.raw() ? ExtentInfo::Kind::kRaw
                               : ExtentInfo::Kind::kCompressed});

@@ -67,6 +67,7 @@ struct VolumeStats {
   uint64_t payload_bytes_written = 0;  // data-area bytes written to the backing device
   uint64_t meta_bytes_written = 0;     // metadata, journal and superblock bytes written
   uint64_t undo_records = 0;           // undo records written, one per saved run (this open)
+  uint64_t patch_writes = 0;           // writes stored as patched blocks (this open)
   uint64_t refits = 0;                 // payloads compressed again to save a unit (this open)
   uint64_t refit_units_saved = 0;      // 4 KiB units those retries saved (this open)
   uint64_t blocks_compressed = 0;      // blocks in compressed extents
@@ -88,6 +89,9 @@ struct ExtentInfo {
   // Where the payload starts, in sectors from the head block's place (not 0
   // when a compressed payload sits at the back of the extent's place).
   uint32_t payload_start = 0;
+  // Bit k: the extent's block k is patched (its data raw at its own place,
+  // not in the payload; see format.h).
+  uint32_t patched = 0;
   // kCorrupt: the slot's metadata breaks the format's rules; reads of
   // these blocks fail until fsck repairs them.
   // kBad: a block fsck marked lost.

@@ -28,7 +28,7 @@ Status FormatVolume(BlockDevice* dev, const FormatOptions& opts) {
   INSITU_RETURN_IF_ERROR(ComputeGeometry(dev->Size(), &sb));
   sb.magic = format::kSuperMagic;
   sb.version = format::kSuperVersion;
-  sb.incompat = format::kIncompatBackPayloads;
+  sb.incompat = format::kIncompatBackPayloads | format::kIncompatPatchedBlocks;
   sb.header_bytes = sizeof(format::Superblock);
   sb.block_size = kBlockSize;
   std::random_device rd;

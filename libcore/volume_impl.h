@@ -130,7 +130,8 @@ class InsituVolume::Impl {
   const bool read_only;
   // The volume allows compressed payloads at the back of their place.
   const bool back_payloads;
-  const bool split_extents;  // OpenOptions::split_extents
+  const bool patched_blocks;  // the volume allows format::kMetaPatched entries
+  const bool split_extents;   // OpenOptions::split_extents
   bool unclean = false;
   std::atomic<bool> closed{false};
   std::function<void(const std::string&)> log;
@@ -181,6 +182,7 @@ class InsituVolume::Impl {
   // flusher thread only.
   uint64_t walk_resume_slot = 0;
   std::atomic<uint64_t> undo_records{0};
+  std::atomic<uint64_t> patch_writes{0};
 
   std::thread flusher, drainer;
   std::mutex threads_mu;  // guards the flags below

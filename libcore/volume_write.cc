@@ -1,7 +1,10 @@
 // The insitu write path.  Writes, write-zeroes and discards all come here.
 //
 // For each slot (extent_max_blocks aligned blocks) the request touches:
-//  1. decode the slot's extents from the metadata bitmap;
+//  1. decode the slot's extents from the metadata bitmap; a write whose
+//     blocks all lie beside one compressed extent's payload, in places no
+//     copy of the metadata on disk describes, patches them (PatchBlocks)
+//     and is done;
 //  2. widen the range to whole extents: every extent the request touches is
 //     rewritten as a whole (its untouched blocks are read back first — the
 //     read-modify-write of a partly covered extent), except that a raw
@@ -76,6 +79,11 @@ SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
   for (const SlotExtent& e : extents) {
     const uint32_t start = e.first * kSectorsPerBlock + e.payload_start();
     for (uint32_t s = start; s < start + e.sectors; ++s) used.set(s);
+    for (uint32_t k = 0; k < e.nblocks; ++k) {
+      if ((e.patched >> k & 1) == 0) continue;
+      for (uint32_t s = 0; s < kSectorsPerBlock; ++s)
+        used.set((e.first + k) * kSectorsPerBlock + s);
+    }
   }
   return used;
 }
@@ -258,6 +266,15 @@ class SlotRewrite {
   bool RewriteRawInPlace(const std::vector<SlotExtent>& touched, uint32_t m0, uint32_t b_lo,
                          uint32_t b_hi, uint64_t lo, uint64_t hi, const uint8_t* src,
                          std::vector<NewExtent>* out);
+  // A write of blocks [b_lo, b_hi) that all lie in the room a compressed
+  // extent's payload leaves (SlotExtent::patchable) is stored raw at their
+  // places, the blocks patched: the payload, and the rest of the extent,
+  // stay as they are.  *done is false when that does not apply: the request
+  // spans other extents, or turns a block to zeros (which the general path
+  // unmaps), or would overwrite sectors a copy of the metadata on disk
+  // refers to (the general path saves them first).
+  Status PatchBlocks(const std::vector<SlotExtent>& touched, uint32_t b_lo, uint32_t b_hi,
+                     uint64_t lo, uint64_t hi, const uint8_t* src, bool* done);
   Status Compress(const uint8_t* data, uint32_t first, uint32_t n, uint8_t** payload_cursor,
                   NewExtent* out);
   Status WritePayloads(const std::vector<NewExtent>& extents, bool defer);
@@ -311,6 +328,61 @@ bool SlotRewrite::RewriteRawInPlace(const std::vector<SlotExtent>& touched, uint
   ne.KeepOutside(b_lo, b_hi);
   out->assign(1, ne);
   return true;
+}
+
+Status SlotRewrite::PatchBlocks(const std::vector<SlotExtent>& touched, uint32_t b_lo,
+                                uint32_t b_hi, uint64_t lo, uint64_t hi, const uint8_t* src,
+                                bool* done) {
+  *done = false;
+  if (!v_.patched_blocks || src == nullptr || touched.size() != 1) return Status::OK();
+  const SlotExtent& e = touched[0];
+  const uint32_t blocks = UnitMask(b_lo - e.first, b_hi - b_lo);  // extent-relative
+  if ((blocks & ~e.patchable()) != 0) return Status::OK();
+  // The new blocks: the request's bytes over the old ones at partial edges.
+  const uint8_t* data = src;
+  if (lo % kBlockSize != 0 || hi % kBlockSize != 0) {
+    uint8_t* merged = GetWriteScratch().merged.data();
+    INSITU_RETURN_IF_ERROR(LoadOldContents(touched, b_lo, b_lo, b_hi, lo, hi, true, merged));
+    std::memcpy(merged + (lo - uint64_t{b_lo} * kBlockSize), src, hi - lo);
+    data = merged;
+  }
+  for (uint32_t b = b_lo; b < b_hi; ++b) {
+    if (IsZeroBlock(data + size_t{b - b_lo} * kBlockSize)) return Status::OK();
+  }
+
+  const uint32_t slot_n = v_.slot_blocks();
+  SectorSet writes;
+  for (uint32_t s = b_lo * kSectorsPerBlock; s < b_hi * kSectorsPerBlock; ++s) writes.set(s);
+  bool protected_hit = false;
+  SlotViews views;
+  INSITU_RETURN_IF_ERROR(v_.meta.Pin(slot_first_, slot_n, &views, [&](const SlotViews& vw) {
+    SectorSet protect = UsedSectors(vw.durable, slot_n);
+    if (vw.has_committing) protect |= UsedSectors(vw.committing, slot_n);
+    protected_hit = (writes & protect).any();
+    return Status::OK();
+  }));
+  if (protected_hit) {
+    v_.meta.Unpin(slot_first_, slot_n, nullptr);
+    return Status::OK();
+  }
+  const uint64_t offset = v_.BlockOffset(slot_first_ + b_lo);
+  const size_t len = size_t{b_hi - b_lo} * kBlockSize;
+  const bool defer =
+      v_.deferred.Overlaps(v_.BlockOffset(slot_first_), uint64_t{slot_n} * kBlockSize);
+  if (defer) {
+    v_.deferred.Add(offset, data, len);
+  } else if (Status st = v_.dev->Write(offset, data, len, false); !st.ok()) {
+    v_.meta.Unpin(slot_first_, slot_n, nullptr);
+    return st.Annotate("writing patched blocks at block " + std::to_string(slot_first_ + b_lo));
+  }
+  v_.payload_written.fetch_add(len);
+  uint8_t entries[kMaxExtentBlocks];
+  v_.meta.GetRange(slot_first_, slot_n, entries);
+  EncodeExtent(e.nblocks, e.sectors, entries + e.first, e.back, e.patched | blocks);
+  v_.meta.Unpin(slot_first_, slot_n, entries);
+  v_.patch_writes.fetch_add(1);
+  *done = true;
+  return defer ? v_.AfterDeferredWrite() : Status::OK();
 }
 
 Status SlotRewrite::NewExtents(const std::vector<SlotExtent>& touched, uint32_t m0, uint32_t m1,
@@ -422,6 +494,10 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
       touched.push_back(e);
     }
   }
+
+  bool patched = false;
+  INSITU_RETURN_IF_ERROR(PatchBlocks(touched, b_lo, b_hi, lo, hi, src, &patched));
+  if (patched) return Status::OK();
 
   std::vector<NewExtent>& extents = scratch.extents;
   if (!RewriteRawInPlace(touched, m0, b_lo, b_hi, lo, hi, src, &extents)) {

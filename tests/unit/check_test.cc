@@ -124,6 +124,15 @@ void BuildImage(const CodecCase& c, Image* img) {
     w.Fill(last - 79, 79, DataKind::kText);
   }
   ASSERT_TRUE(vol->Close().ok());
+  // A third: small writes beside the payload of block 0's extent, now at
+  // the back of its place, patch its blocks 1 and 3.
+  ASSERT_TRUE(Open(&mem, false, &vol).ok());
+  {
+    Writer w(vol.get(), &img->reference, 3);
+    w.Fill(1, 1, DataKind::kText);
+    w.Fill(3, 1, DataKind::kText);
+  }
+  ASSERT_TRUE(vol->Close().ok());
   ASSERT_TRUE(Open(&mem, true, &vol).ok());
   uint64_t back_payloads = 0;
   vol->ForEachExtent([&](const ExtentInfo& e) {
@@ -133,9 +142,12 @@ void BuildImage(const CodecCase& c, Image* img) {
       img->compressed = e;
     }
   });
-  // Rebuilds must find payloads at the back of their places too.
+  // Rebuilds must find payloads at the back of their places too, and the
+  // corrupted extent has patched blocks, whose data a repair keeps.
   if (c.codec.id != CodecId::kNone) {
     EXPECT_GT(back_payloads, 0u);
+    EXPECT_EQ(img->compressed.head_block, 0u);
+    EXPECT_EQ(img->compressed.patched, 0b1010u) << c.name;
   }
   img->sb = vol->superblock();
   vol.reset();
@@ -506,10 +518,18 @@ TEST_F(CheckTest, PreenRefusesRepairsThatLoseData) {
 TEST_F(CheckTest, ListsBadBlocksWithOffsetsAndExportsJson) {
   Flip(&mem_, PayloadOffset(*img_) + 10);
   const CheckReport y = Check(&mem_, CheckMode::kRepairAll, true);
-  ASSERT_EQ(y.bad.size(), 1u);
+  // The extent's blocks are lost but for its patched blocks 1 and 3, which
+  // keep their data as raw blocks.
+  const uint64_t head = img_->compressed.head_block;
+  ASSERT_EQ(img_->compressed.patched, 0b1010u);
+  ASSERT_EQ(y.bad.size(), 3u);
+  EXPECT_EQ(y.bad[1].first_block, head + 2);
+  EXPECT_EQ(y.bad[1].nblocks, 1u);
+  EXPECT_EQ(y.bad[2].first_block, head + 4);
+  EXPECT_EQ(y.bad[2].nblocks, img_->compressed.nblocks - 4);
   const BadRange& b = y.bad[0];
-  EXPECT_EQ(b.first_block, img_->compressed.head_block);
-  EXPECT_EQ(b.nblocks, img_->compressed.nblocks);
+  EXPECT_EQ(b.first_block, head);
+  EXPECT_EQ(b.nblocks, 1u);
   EXPECT_EQ(b.device_offset, img_->sb.data_offset + b.first_block * kBlockSize);
   EXPECT_EQ(b.volume_offset(), b.first_block * kBlockSize);
   EXPECT_NE(b.reason.find("checksum"), std::string::npos) << b.reason;
@@ -518,13 +538,13 @@ TEST_F(CheckTest, ListsBadBlocksWithOffsetsAndExportsJson) {
   EXPECT_EQ(j["exit_code"], kFsckCorrected);
   EXPECT_EQ(j["mode"], "repair-all");
   EXPECT_EQ(j["bad_blocks"][0]["first_block"], b.first_block);
-  EXPECT_EQ(j["stats"]["blocks_bad"], b.nblocks);
+  EXPECT_EQ(j["stats"]["blocks_bad"], img_->compressed.nblocks - 2);
   EXPECT_TRUE(j["problems"][0]["fixed"]);
   EXPECT_EQ(j["superblock"]["data_blocks"], img_->sb.data_blocks);
 
   // A later check lists the blocks as marked earlier.
   const CheckReport later = Check(&mem_, CheckMode::kNoChanges, true);
-  ASSERT_EQ(later.bad.size(), 1u);
+  ASSERT_EQ(later.bad.size(), 3u);
   EXPECT_EQ(later.bad[0].reason, "marked bad by an earlier check");
   EXPECT_EQ(later.ExitCode(), kFsckOk);
 }

@@ -30,6 +30,57 @@ TEST(ExtentMap, EncodeDecodeRoundTripsEveryLength) {
   }
 }
 
+// Every block the payload leaves room for may be patched, at the front and
+// at the back; the patches decode as written and count as used units.
+TEST(ExtentMap, PatchedBlocksRoundTripWhereThePayloadLeavesRoom) {
+  for (uint32_t n = 2; n <= format::kMaxExtentBlocks; ++n) {
+    for (uint32_t sectors = 1; sectors < 8 * n; ++sectors) {
+      for (const bool back : {false, true}) {
+        if (back && !CanPlaceBack(n, sectors)) continue;
+        SlotExtent plain{0, n, sectors, false, back};
+        const uint32_t start = plain.payload_start() / 8,
+                       end = (plain.payload_start() + sectors + 7) / 8;
+        ASSERT_EQ(plain.patchable(), UnitMask(1, n - 1) & ~UnitMask(start, end - start));
+        for (const uint32_t patched :
+             {plain.patchable(), plain.patchable() & (0u - plain.patchable())}) {
+          uint8_t entries[format::kMaxExtentBlocks] = {};
+          EncodeExtent(n, sectors, entries, back, patched);
+          std::vector<SlotExtent> out;
+          ASSERT_TRUE(DecodeSlot(entries, n, &out).ok()) << n << " " << sectors << " " << back;
+          ASSERT_EQ(out.size(), 1u);
+          EXPECT_EQ(out[0].sectors, sectors);
+          EXPECT_EQ(out[0].back, back);
+          EXPECT_EQ(out[0].patched, patched);
+          EXPECT_EQ(out[0].used_units(), plain.used_units() | patched);
+        }
+      }
+    }
+  }
+}
+
+TEST(ExtentMap, RejectsPatchesWhereThePayloadLies) {
+  std::vector<SlotExtent> out;
+  // P = 11 from the front: blocks 0 and 1 hold the payload, block 2 is free.
+  uint8_t ok[3] = {8, format::kMetaTailBit | 3, format::kMetaPatched};
+  ASSERT_TRUE(DecodeSlot(ok, 3, &out).ok());
+  EXPECT_EQ(out[0].patched, 0b100u);
+  EXPECT_TRUE(out[0].is_patched(2));
+  uint8_t in_payload[3] = {8, format::kMetaPatched, format::kMetaTailBit | 3};
+  EXPECT_EQ(DecodeSlot(in_payload, 3, &out).code(), Status::Code::kCorruption);
+  // A back payload of 8 sectors in block 2: block 1 is free, block 2 not.
+  uint8_t back_ok[3] = {format::kMetaBackHead, format::kMetaPatched, format::kMetaTailBit | 8};
+  ASSERT_TRUE(DecodeSlot(back_ok, 3, &out).ok());
+  EXPECT_EQ(out[0].patched, 0b10u);
+  uint8_t back_bad[3] = {format::kMetaBackHead, format::kMetaTailBit | 8, format::kMetaPatched};
+  EXPECT_EQ(DecodeSlot(back_bad, 3, &out).code(), Status::Code::kCorruption);
+  // No payload at all: an unwritten block has no tails, patched or not.
+  uint8_t unwritten[2] = {0, format::kMetaPatched};
+  EXPECT_EQ(DecodeSlot(unwritten, 2, &out).code(), Status::Code::kCorruption);
+  // A patch is a tail: it cannot start an extent.
+  uint8_t orphan[1] = {format::kMetaPatched};
+  EXPECT_EQ(DecodeSlot(orphan, 1, &out).code(), Status::Code::kCorruption);
+}
+
 TEST(ExtentMap, BackPayloadsAreCompressedAndLeaveTheFrontFree) {
   // A single block: payloads of 1..5 sectors fit at the back.
   EXPECT_TRUE(CanPlaceBack(1, 5));
@@ -86,7 +137,7 @@ TEST(ExtentMap, RejectsEveryBrokenRule) {
   std::vector<SlotExtent> out;
   uint8_t orphan_tail[2] = {format::kMetaTailBit | 3, 0};
   EXPECT_EQ(DecodeSlot(orphan_tail, 2, &out).code(), Status::Code::kCorruption);
-  uint8_t too_long[2] = {8, format::kMetaTailBit | 9};
+  uint8_t too_long[2] = {8, format::kMetaTailBit | 10};
   EXPECT_EQ(DecodeSlot(too_long, 2, &out).code(), Status::Code::kCorruption);
   uint8_t empty_back[1] = {format::kMetaBackHead};
   EXPECT_EQ(DecodeSlot(empty_back, 1, &out).code(), Status::Code::kCorruption);

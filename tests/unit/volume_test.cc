@@ -103,6 +103,16 @@ class VolumeTest : public ::testing::Test {
     return v;
   }
   void SetUp() override { Format(); }
+  // A write-back lz4 volume (no timed commits) whose slot 0 holds one
+  // committed 128 KiB extent of text; returns its contents.
+  std::vector<uint8_t> CommittedTextSlot() {
+    Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack, 3600);
+    Open();
+    std::vector<uint8_t> want = Data(DataKind::kText, 128 * 1024, 1);
+    EXPECT_TRUE(vol_->Write(0, want.data(), want.size(), false).ok());
+    EXPECT_TRUE(vol_->Flush().ok());
+    return want;
+  }
 
   MemDevice mem_{32 << 20};
   CountingDevice* counting_ = nullptr;
@@ -398,22 +408,24 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
   using Layout = std::vector<std::pair<uint64_t, uint32_t>>;
   EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 32}}));
 
-  // Block 13: text compresses far better than 2:1, so the smallest piece
-  // is 2 blocks; block 13 and its buddy 12 stay together.
+  // Block 5, where the payload lies (a write beside it would patch the
+  // block instead): text compresses far better than 2:1, so the smallest
+  // piece is 2 blocks; block 5 and its buddy 4 stay together.
   auto a = Data(DataKind::kText, kBlockSize, 2);
-  ASSERT_TRUE(vol_->Write(13 * kBlockSize, a.data(), a.size(), false).ok());
-  std::memcpy(want.data() + 13 * kBlockSize, a.data(), a.size());
-  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 8}, {8, 4}, {12, 2}, {14, 2}, {16, 16}}));
+  ASSERT_TRUE(vol_->Write(5 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 5 * kBlockSize, a.data(), a.size());
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 4}, {4, 2}, {6, 2}, {8, 8}, {16, 16}}));
   EXPECT_EQ(ReadAll(0, len), want);
   ASSERT_TRUE(vol_->Flush().ok());
 
-  // The next small write in that piece rewrites only the piece.
+  // The next small write in that piece (into its head, which holds the
+  // payload) rewrites only the piece.
   counting_->data_offset = vol_->superblock().data_offset;
   counting_->data_written = 0;
   auto b = Data(DataKind::kText, 100, 3);
-  ASSERT_TRUE(vol_->Write(12 * kBlockSize + 50, b.data(), b.size(), false).ok());
-  std::memcpy(want.data() + 12 * kBlockSize + 50, b.data(), b.size());
-  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 8}, {8, 4}, {12, 2}, {14, 2}, {16, 16}}));
+  ASSERT_TRUE(vol_->Write(4 * kBlockSize + 50, b.data(), b.size(), false).ok());
+  std::memcpy(want.data() + 4 * kBlockSize + 50, b.data(), b.size());
+  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 4}, {4, 2}, {6, 2}, {8, 8}, {16, 16}}));
   EXPECT_LE(counting_->data_written, 2 * kBlockSize);
   EXPECT_EQ(ReadAll(0, len), want);
 
@@ -425,16 +437,103 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
   ExpectReadsBackAcrossReopen(want);
 }
 
-// The first cut of a committed extent overwrites the old payload where
-// the pieces' payloads land, not in the gaps between them: the undo
-// records save those sectors only, one record per run of them.
-TEST_F(VolumeTest, ACutSavesOnlyTheSectorsItsPiecesOverwrite) {
-  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack, 3600);
+// The extent of slot 0 holding block b.
+ExtentInfo ExtentAt(InsituVolume& vol, uint64_t b) {
+  ExtentInfo out;
+  vol.ForEachExtent([&](const ExtentInfo& e) {
+    if (e.head_block <= b && b < e.head_block + e.nblocks) out = e;
+  });
+  return out;
+}
+
+// A small write beside a compressed extent's payload patches its blocks:
+// it writes only them, raw at their places, saves nothing in the undo
+// journal, and leaves the extent and its payload as they are.  A write
+// into a patched block the metadata on disk describes, or into the
+// payload, rewrites the extent (patches included) in pieces as usual.
+TEST_F(VolumeTest, SmallWriteBesideThePayloadPatchesOnlyItsBlocks) {
+  std::vector<uint8_t> want = CommittedTextSlot();
+  const size_t len = want.size();
+  const ExtentInfo whole = ExtentAt(*vol_, 0);
+  ASSERT_EQ(whole.nblocks, 32u);
+  ASSERT_LT(whole.payload_sectors, 20 * format::kSectorsPerBlock)
+      << "text compresses 1.6:1 or better";
+
+  counting_->data_offset = vol_->superblock().data_offset;
+  counting_->data_written = 0;
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(20 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 20 * kBlockSize, a.data(), a.size());
+  // Unaligned, across blocks 21 and 22: their old bytes around it are kept.
+  auto b = Data(DataKind::kText, kBlockSize, 3);
+  ASSERT_TRUE(vol_->Write(21 * kBlockSize + 100, b.data(), b.size(), false).ok());
+  std::memcpy(want.data() + 21 * kBlockSize + 100, b.data(), b.size());
+  ExtentInfo e = ExtentAt(*vol_, 0);
+  EXPECT_EQ(e.nblocks, 32u);
+  EXPECT_EQ(e.payload_sectors, whole.payload_sectors);
+  EXPECT_EQ(e.patched, 0b111u << 20);
+  EXPECT_EQ(counting_->data_written, 3 * kBlockSize);
+  EXPECT_EQ(vol_->Stats().patch_writes, 2u);
+  EXPECT_EQ(vol_->Stats().undo_records, 0u);
+  EXPECT_EQ(ReadAll(0, len), want);
+  // Reads of the patched blocks alone, and across patched and unpatched.
+  EXPECT_EQ(ReadAll(21 * kBlockSize, 2 * kBlockSize),
+            std::vector<uint8_t>(want.begin() + 21 * kBlockSize, want.begin() + 23 * kBlockSize));
+  EXPECT_EQ(
+      ReadAll(19 * kBlockSize + 7, 3 * kBlockSize),
+      std::vector<uint8_t>(want.begin() + 19 * kBlockSize + 7, want.begin() + 22 * kBlockSize + 7));
+
+  // Not committed yet: block 20 is patched again in place.
+  ASSERT_TRUE(vol_->Write(20 * kBlockSize, b.data(), b.size(), false).ok());
+  std::memcpy(want.data() + 20 * kBlockSize, b.data(), b.size());
+  EXPECT_EQ(vol_->Stats().patch_writes, 3u);
+  ASSERT_TRUE(vol_->Flush().ok());
+
+  // Committed: the metadata on disk describes the patch, so a write there
+  // cuts the extent instead, and the patches go into the pieces.
+  ASSERT_TRUE(vol_->Write(22 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 22 * kBlockSize, a.data(), a.size());
+  EXPECT_EQ(vol_->Stats().patch_writes, 3u);
+  EXPECT_LT(ExtentAt(*vol_, 22).nblocks, 32u);
+  EXPECT_EQ(ExtentAt(*vol_, 22).patched, 0u);
+  EXPECT_EQ(ReadAll(0, len), want);
+
+  // A block that the write turns to zeros is unmapped, not patched.
+  const std::vector<uint8_t> zeros(kBlockSize, 0);
+  ASSERT_TRUE(vol_->Write(30 * kBlockSize, zeros.data(), zeros.size(), false).ok());
+  std::memcpy(want.data() + 30 * kBlockSize, zeros.data(), zeros.size());
+  EXPECT_EQ(vol_->Stats().patch_writes, 3u);
+  EXPECT_EQ(ExtentAt(*vol_, 30).kind, ExtentInfo::Kind::kUnwritten);
+  ExpectReadsBackAcrossReopen(want);
+}
+
+// A volume formatted before patched blocks (incompat bit 1 clear) is
+// rewritten in pieces, never patched: older readers could not read it.
+TEST_F(VolumeTest, NoPatchesOnAVolumeWithoutTheFeature) {
+  Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
+  format::Superblock sb;
+  SuperblockSource source;
+  std::string primary_error;
+  ASSERT_TRUE(ReadSuperblock(&mem_, &sb, &source, &primary_error).ok());
+  sb.incompat &= ~format::kIncompatPatchedBlocks;
+  ASSERT_TRUE(WriteSuperblocks(&mem_, &sb).ok());
   Open();
   const size_t len = 128 * 1024;
   std::vector<uint8_t> want = Data(DataKind::kText, len, 1);
   ASSERT_TRUE(vol_->Write(0, want.data(), len, false).ok());
-  ASSERT_TRUE(vol_->Flush().ok());
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(20 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 20 * kBlockSize, a.data(), a.size());
+  EXPECT_EQ(vol_->Stats().patch_writes, 0u);
+  EXPECT_LT(ExtentAt(*vol_, 20).nblocks, 32u);
+  ExpectReadsBackAcrossReopen(want);
+}
+
+// The first cut of a committed extent overwrites the old payload where
+// the pieces' payloads land, not in the gaps between them: the undo
+// records save those sectors only, one record per run of them.
+TEST_F(VolumeTest, ACutSavesOnlyTheSectorsItsPiecesOverwrite) {
+  std::vector<uint8_t> want = CommittedTextSlot();
   uint32_t old_sectors = 0;
   vol_->ForEachExtent([&](const ExtentInfo& e) {
     if (e.head_block == 0) old_sectors = e.payload_start == 0 ? e.payload_sectors : 0;
@@ -446,8 +545,8 @@ TEST_F(VolumeTest, ACutSavesOnlyTheSectorsItsPiecesOverwrite) {
   counting_->meta_end = vol_->superblock().data_offset;
   counting_->meta_written = 0;
   auto a = Data(DataKind::kText, kBlockSize, 2);
-  ASSERT_TRUE(vol_->Write(13 * kBlockSize, a.data(), a.size(), false).ok());
-  std::memcpy(want.data() + 13 * kBlockSize, a.data(), a.size());
+  ASSERT_TRUE(vol_->Write(5 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 5 * kBlockSize, a.data(), a.size());
 
   // The old payload's sectors that the pieces' payloads overwrite.
   std::vector<bool> hit(old_sectors, false);
