@@ -159,13 +159,15 @@ void PrintText(const json& r) {
   line("blocks raw:", Count(vol("blocks_raw")));
   line("blocks unwritten:", Count(vol("blocks_unwritten")));
   // Space the stored blocks take on the device: compressed payloads plus
-  // raw blocks.  Against the 4 KiB each stored block would take otherwise,
+  // raw and patched blocks.  Against the 4 KiB each stored block would take otherwise,
   // this is the capacity saving an operator plans with.
   if (vol("payload_sectors").is_number_unsigned() && vol("blocks_raw").is_number_unsigned() &&
       vol("blocks_compressed").is_number_unsigned()) {
     const uint64_t raw = vol("blocks_raw").get<uint64_t>();
-    const uint64_t used =
-        vol("payload_sectors").get<uint64_t>() * format::kSectorSize + raw * format::kBlockSize;
+    const uint64_t patched =
+        vol("blocks_patched").is_number_unsigned() ? vol("blocks_patched").get<uint64_t>() : 0;
+    const uint64_t used = vol("payload_sectors").get<uint64_t>() * format::kSectorSize +
+                          (raw + patched) * format::kBlockSize;
     const uint64_t logical = (vol("blocks_compressed").get<uint64_t>() + raw) * format::kBlockSize;
     std::string value = HumanBytes(used) + " holding " + HumanBytes(logical);
     if (logical != 0) {

@@ -974,6 +974,7 @@ Status Checker::CheckExtents() {
       report_.extents_checked++;
       if (st.ok() || !Simulate(Repair::kLosesData)) {
         stats.blocks_compressed += e.nblocks;
+        stats.blocks_patched += static_cast<uint64_t>(std::popcount(e.patched));
         stats.payload_sectors += e.sectors;
         if (st.ok()) {
           max_write_seq_ = std::max(max_write_seq_, t.write_seq);

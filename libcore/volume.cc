@@ -3,6 +3,7 @@
 #include "libcore/volume.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <iostream>
 
@@ -36,7 +37,7 @@ ReadScratch& GetReadScratch() {
 double VolumeStats::compression_ratio() const {
   if (payload_sectors == 0) return 1.0;
   return static_cast<double>(blocks_compressed * kBlockSize) /
-         static_cast<double>(payload_sectors * format::kSectorSize);
+         static_cast<double>(payload_sectors * format::kSectorSize + blocks_patched * kBlockSize);
 }
 
 InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superblock& s,
@@ -292,6 +293,7 @@ Status InsituVolume::Open(std::unique_ptr<BlockDevice> dev, const OpenOptions& o
     for (const SlotExtent& e : extents) {
       if (e.compressed()) {
         v.blocks_compressed += e.nblocks;
+        v.blocks_patched += std::popcount(e.patched);
         v.payload_sectors += e.sectors;
       } else if (e.raw()) {
         v.blocks_raw += e.nblocks;
@@ -476,6 +478,7 @@ VolumeStats InsituVolume::Stats() const {
     s.refit_units_saved = v.fitter->units_saved();
   }
   s.blocks_compressed = static_cast<uint64_t>(v.blocks_compressed.load());
+  s.blocks_patched = static_cast<uint64_t>(v.blocks_patched.load());
   s.blocks_raw = static_cast<uint64_t>(v.blocks_raw.load());
   s.data_blocks = v.sb.data_blocks;
   s.blocks_bad = static_cast<uint64_t>(v.blocks_bad.load());

@@ -71,13 +71,15 @@ struct VolumeStats {
   uint64_t refits = 0;                 // payloads compressed again to save a unit (this open)
   uint64_t refit_units_saved = 0;      // 4 KiB units those retries saved (this open)
   uint64_t blocks_compressed = 0;      // blocks in compressed extents
+  uint64_t blocks_patched = 0;         // of those, patched (each a raw 4 KiB unit)
   uint64_t blocks_raw = 0;             // blocks stored uncompressed
   uint64_t blocks_unwritten = 0;       // blocks that read as zeros with no payload
   uint64_t blocks_bad = 0;             // blocks fsck marked lost: reads fail
   uint64_t payload_sectors = 0;        // sectors used by compressed payloads
   uint64_t data_blocks = 0;            // logical size in blocks
   uint64_t read_errors = 0;            // reads failed (device error or bad payload)
-  // Logical bytes held by compressed extents over the bytes their payloads use.
+  // Logical bytes held by compressed extents over the bytes their payloads
+  // and patched blocks use.
   double compression_ratio() const;
 };
 

@@ -142,6 +142,7 @@ class InsituVolume::Impl {
   std::atomic<uint64_t> super_written{0};
   std::atomic<uint64_t> read_errors{0};
   std::atomic<int64_t> blocks_compressed{0};
+  std::atomic<int64_t> blocks_patched{0};
   std::atomic<int64_t> blocks_raw{0};
   std::atomic<int64_t> blocks_bad{0};
   std::atomic<int64_t> payload_sectors{0};

@@ -100,6 +100,7 @@ nlohmann::json StatsToJson(const VolumeStats& stats) {
   j["payload_bytes_written"] = stats.payload_bytes_written;
   j["meta_bytes_written"] = stats.meta_bytes_written;
   j["blocks_compressed"] = stats.blocks_compressed;
+  j["blocks_patched"] = stats.blocks_patched;
   j["blocks_raw"] = stats.blocks_raw;
   j["blocks_unwritten"] = stats.blocks_unwritten;
   j["blocks_bad"] = stats.blocks_bad;

@@ -32,6 +32,7 @@
 // whole sequence, so readers never see a half-rewritten slot.  Write-through
 // volumes and FUA requests then commit (volume_commit.cc).
 #include <algorithm>
+#include <bit>
 #include <bitset>
 #include <cstring>
 
@@ -379,6 +380,7 @@ Status SlotRewrite::PatchBlocks(const std::vector<SlotExtent>& touched, uint32_t
   uint8_t entries[kMaxExtentBlocks];
   v_.meta.GetRange(slot_first_, slot_n, entries);
   EncodeExtent(e.nblocks, e.sectors, entries + e.first, e.back, e.patched | blocks);
+  v_.blocks_patched += std::popcount(blocks & ~e.patched);
   v_.meta.Unpin(slot_first_, slot_n, entries);
   v_.patch_writes.fetch_add(1);
   *done = true;
@@ -604,6 +606,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     if (e.compressed()) {
       d_compressed -= e.nblocks;
       d_sectors -= e.sectors;
+      v_.blocks_patched -= std::popcount(e.patched);
     }
   }
   v_.blocks_compressed += d_compressed;

@@ -331,6 +331,30 @@ TEST_P(FaultVolume, FailedWriteInsideASharedExtentKeepsItsNeighbours) {
 
 TEST_P(FaultVolume, EnospcInsideASharedExtentKeepsItsNeighbours) { FailInsideSharedExtent(ENOSPC); }
 
+// A patch (a small write beside a committed payload) whose backing write
+// fails reports the error and leaves the extent and its payload as they
+// were; the same write then patches the block.
+TEST_P(FaultVolume, FailedPatchWriteKeepsTheExtent) {
+  Populate();
+  ASSERT_FALSE(HasFatalFailure());
+  const uint64_t off = 2 * kSlot + 30 * kBlockSize;
+  fault_->FailNth(FaultOp::kWrite, 1, EIO);
+  const std::vector<uint8_t> patch = Data(DataKind::kText, kBlockSize);
+  Status st = Try(off, patch);
+  EXPECT_EQ(st.err(), EIO) << st.ToString();
+  EXPECT_EQ(fault_->faults(), 1u);
+  EXPECT_EQ(vol_->Stats().patch_writes, 0u);
+  ExpectContents("after the failed write");
+  Reopen();
+  ExpectContents("after reopening");
+  Put(off, patch);
+  EXPECT_EQ(vol_->Stats().patch_writes, 1u);
+  Settle(off, kBlockSize);
+  ASSERT_TRUE(vol_->Flush().ok());
+  Reopen();
+  ExpectContents("after the patch");
+}
+
 TEST_P(FaultVolume, FailedFlushIsReportedAndNothingFlushedBeforeIsLost) {
   Populate();
   ASSERT_FALSE(HasFatalFailure());

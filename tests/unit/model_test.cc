@@ -141,15 +141,23 @@ TEST_P(ModelTest, MatchesReferenceDisk) {
     } else if (kind < 98) {
       ASSERT_TRUE(vol->Flush().ok()) << "op " << op;
     } else {  // close and reopen, then compare everything
+      const VolumeStats live = vol->Stats();
       ASSERT_TRUE(vol->Close().ok()) << "op " << op;
       vol.reset();
       open();
       ASSERT_FALSE(vol->was_unclean());
       check_range(0, size, op);
+      // The counters the write path keeps match a count of the metadata.
+      const VolumeStats counted = vol->Stats();
+      EXPECT_EQ(live.blocks_compressed, counted.blocks_compressed) << "op " << op;
+      EXPECT_EQ(live.blocks_patched, counted.blocks_patched) << "op " << op;
+      EXPECT_EQ(live.blocks_raw, counted.blocks_raw) << "op " << op;
+      EXPECT_EQ(live.payload_sectors, counted.payload_sectors) << "op " << op;
     }
     if (::testing::Test::HasFatalFailure()) return;
     const VolumeStats s = vol->Stats();
     ASSERT_EQ(s.blocks_compressed + s.blocks_raw + s.blocks_unwritten, s.data_blocks);
+    ASSERT_LE(s.blocks_patched, s.blocks_compressed);
   }
   check_range(0, size, ops);
   ASSERT_TRUE(vol->Close().ok());
