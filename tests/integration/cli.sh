@@ -122,13 +122,15 @@ expect 0 "$INSITU" dump "$vol"
 for section in "superblock:" "stats:" "extents:"; do says "$OUT" "$section"; done
 grep -qE '^  codec: +lz4$' "$OUT" || fail "no codec line in the text dump"
 grep -qE '^  state: +clean$' "$OUT" || fail "no state line in the text dump"
-grep -qE '^ +0 +[0-9]+  unwritten +0 +0$' "$OUT" || fail "no unwritten run in the extent map"
+grep -qE '^ +0 +[0-9]+  unwritten +0 +0 +0$' "$OUT" || fail "no unwritten run in the extent map"
 expect 0 "$INSITU" dump --no-extents "$vol"
 ! grep -q "extents:" "$OUT" || fail "--no-extents printed the extent map"
 expect 0 "$INSITU" dump --json "$vol"
 python3 -m json.tool "$OUT" >/dev/null || fail "dump --json is not valid JSON"
 [[ $(field "$OUT" "sorted(j)") == "['extents', 'stats', 'superblock']" ]] ||
   fail "dump --json keys: $(field "$OUT" "sorted(j)")"
+[[ $(field "$OUT" "j['extents'][0]['patched_blocks']") == "[]" ]] ||
+  fail "an unwritten run lists patched blocks: $(field "$OUT" "j['extents'][0]")"
 field "$OUT" "j['superblock']['uuid']" | grep -qE '^[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$' ||
   fail "uuid is not 8-4-4-4-12 hex"
 
@@ -244,6 +246,6 @@ expect 0 "$INSITU" dump --json "$live"
 [[ $(field "$OUT" "sum(e['nblocks'] for e in j['extents'])") -eq \
   $(field "$OUT" "j['superblock']['data_blocks']") ]] || fail "dump: extents do not cover the volume"
 expect 0 "$INSITU" dump "$live"
-grep -qE '^ +0 +32  compressed +[0-9]+ +[0-9]+$' "$OUT" || fail "dump text: no compressed extent at block 0"
+grep -qE '^ +0 +32  compressed +[0-9]+ +[0-9]+ +0$' "$OUT" || fail "dump text: no compressed extent at block 0"
 
 echo "PASS"
