@@ -792,11 +792,13 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
 // Merges a slot's entries from a copy that may be stale with what the data
 // area holds (BuildSlot).  The copy's compressed extents whose payloads
 // verify stay, with the patches BuildSlot finds beside them added (their
-// failing payloads' patched blocks become raw blocks).  Its raw blocks carry no checksum, so an
-// intact compressed payload found over them is newer and replaces them (the rest of a raw extent
-// becomes single raw blocks, which read the same).  Blocks it calls unwritten take the rebuilt
-// extents and raw blocks found there; the blocks of its extents that fail verification take the
-// rebuilt extents lying wholly among such blocks, and the rest of them are lost (bad) -- or
+// failing payloads' patched blocks become raw blocks).  Its raw blocks
+// carry no checksum, so an intact compressed payload found over them is
+// newer and replaces them (the rest of a raw extent becomes single raw
+// blocks, which read the same).  Blocks it calls unwritten take the
+// rebuilt extents and raw blocks found there; the blocks of its extents
+// that fail verification take the rebuilt extents lying wholly among such
+// blocks, and the rest of them are lost (bad) -- or
 // unwritten where the failing payload reads as all zero, which means it was
 // discarded (trimmed or rewritten elsewhere) after the copy was written.
 // A damaged payload found in space the copy calls unwritten proves nothing

@@ -17,19 +17,17 @@ Status Bad(uint32_t block, const std::string& what) {
 
 }  // namespace
 
-uint32_t SlotExtent::used_units() const {
+uint32_t SlotExtent::payload_units() const {
   const uint32_t start = payload_start() / format::kSectorsPerBlock;
   const uint32_t end =
       (payload_start() + sectors + format::kSectorsPerBlock - 1) / format::kSectorsPerBlock;
-  return UnitMask(first + start, end - start) | patched << first;
+  return UnitMask(start, end - start);
 }
 
+uint32_t SlotExtent::used_units() const { return (payload_units() | patched) << first; }
+
 uint32_t SlotExtent::patchable() const {
-  if (!compressed()) return 0;
-  const uint32_t start = payload_start() / format::kSectorsPerBlock;
-  const uint32_t end =
-      (payload_start() + sectors + format::kSectorsPerBlock - 1) / format::kSectorsPerBlock;
-  return UnitMask(1, nblocks - 1) & ~UnitMask(start, end - start);
+  return compressed() ? UnitMask(1, nblocks - 1) & ~payload_units() : 0;
 }
 
 bool CanPlaceBack(uint32_t nblocks, uint32_t sectors) {

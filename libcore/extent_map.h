@@ -39,6 +39,8 @@ struct SlotExtent {
   // First payload sector, counted from the start of the extent's place.
   uint32_t payload_start() const { return back ? nblocks * 8 - sectors : 0; }
   bool is_patched(uint32_t slot_block) const { return (patched >> (slot_block - first) & 1) != 0; }
+  // The extent's blocks whose places hold payload sectors (bit k: block k).
+  uint32_t payload_units() const;
   // The 4 KiB units of the slot that the payload and the patched blocks
   // occupy (a bitmask).
   uint32_t used_units() const;
