@@ -109,14 +109,20 @@ uint32_t MinPieceBlocks(const SlotExtent& e) {
 // rewritten whole by every later small write into it (each 4 KiB write
 // into a 128 KiB extent would decompress and recompress 128 KiB, and write
 // its whole payload again).  The extent's blocks outside the request are
-// cut into the largest aligned power-of-two pieces of the slot that do not
-// straddle the request, down to MinPieceBlocks (a buddy split: a 4 KiB
-// write into a 128 KiB extent of 2.5:1 data leaves pieces of 64, 32, 16
-// and 8 KiB, and the aligned 8 KiB holding the request).  Extents thus
-// follow the size of the writes that made them: a write covering whole
-// pieces merges them again, and a later small write rewrites only the
-// small piece it lands in.  Raw extents are never cut: their untouched
-// blocks keep their place.
+// cut into the slot's aligned pieces of MinPieceBlocks; the request's
+// blocks, widened to that alignment, stay one extent.  A write covering
+// whole pieces merges them again, so extents follow the size of the writes
+// that made them.  Raw extents are never cut: their untouched blocks keep
+// their place.
+//
+// Why the smallest pieces at once: a piece's payload fills the front (or
+// back) of its place, and cutting a piece again where its payload lies
+// lands the new pieces' payloads on it, which needs undo records once the
+// piece is committed.  A buddy split (pieces of 64, 32, 16 and 8 KiB
+// around the first write) paid that at every level as later writes landed
+// in the larger pieces; the smallest pieces are never cut again, and a
+// write into one is rewritten beside its payload (PlacePayloads) with no
+// undo record.
 uint32_t SplitCuts(const std::vector<SlotExtent>& touched, uint32_t slot_n, uint32_t b_lo,
                    uint32_t b_hi) {
   uint32_t cuts = 0;
@@ -126,21 +132,23 @@ uint32_t SplitCuts(const std::vector<SlotExtent>& touched, uint32_t slot_n, uint
     if (m == 0) continue;
     // The request widened to whole pieces stays one extent.
     const uint32_t lo = b_lo / m * m, hi = std::min(slot_n, (b_hi + m - 1) / m * m);
-    // Node [a, a + n) of the slot's buddy tree is cut in half unless it
-    // lies wholly inside or wholly outside the widened request.
-    uint32_t buddy = 0;
-    auto split = [&](auto&& self, uint32_t a, uint32_t n) -> void {
-      if (n <= m || hi <= a || lo >= a + n || (lo <= a && a + n <= hi)) return;
-      buddy |= 1u << (a + n / 2);
-      self(self, a, n / 2);
-      self(self, a + n / 2, n / 2);
-    };
-    split(split, 0, slot_n);
+    uint32_t piece_starts = 0;
+    for (uint32_t a = m; a < slot_n; a += m) piece_starts |= 1u << a;
     // Cuts strictly inside e, but not inside the widened request (e has
     // more than m >= 2 blocks and hi - lo >= m, so both masks are valid).
-    cuts |= buddy & UnitMask(e.first + 1, e.nblocks - 1) & ~UnitMask(lo + 1, hi - lo - 1);
+    cuts |= piece_starts & UnitMask(e.first + 1, e.nblocks - 1) & ~UnitMask(lo + 1, hi - lo - 1);
   }
   return cuts;
+}
+
+// True when a write into the compressed extent `e` rewrites it whole
+// beside its payload without an undo record: SplitCuts never cuts it (a
+// smallest piece), and its place has room for a second payload of the
+// same size.  A patch would take that room: the next write into the
+// payload's blocks would then overwrite sectors the disk's metadata
+// describes, and need an undo record.
+bool RewritesBeside(const SlotExtent& e, bool split_extents) {
+  return split_extents && MinPieceBlocks(e) == 0 && 2 * e.sectors <= e.nblocks * kSectorsPerBlock;
 }
 
 // One new extent of the merged range.
@@ -273,7 +281,8 @@ class SlotRewrite {
   // stay as they are.  *done is false when that does not apply: the request
   // spans other extents, or turns a block to zeros (which the general path
   // unmaps), or would overwrite sectors a copy of the metadata on disk
-  // refers to (the general path saves them first).
+  // refers to (the general path saves them first), or lands in a piece
+  // that is cheaper rewritten beside its payload (RewritesBeside).
   Status PatchBlocks(const std::vector<SlotExtent>& touched, uint32_t b_lo, uint32_t b_hi,
                      uint64_t lo, uint64_t hi, const uint8_t* src, bool* done);
   Status Compress(const uint8_t* data, uint32_t first, uint32_t n, uint8_t** payload_cursor,
@@ -337,6 +346,7 @@ Status SlotRewrite::PatchBlocks(const std::vector<SlotExtent>& touched, uint32_t
   *done = false;
   if (!v_.patched_blocks || src == nullptr || touched.size() != 1) return Status::OK();
   const SlotExtent& e = touched[0];
+  if (RewritesBeside(e, v_.split_extents)) return Status::OK();
   const uint32_t blocks = UnitMask(b_lo - e.first, b_hi - b_lo);  // extent-relative
   if ((blocks & ~e.patchable()) != 0) return Status::OK();
   // The new blocks: the request's bytes over the old ones at partial edges.

@@ -394,11 +394,33 @@ std::vector<std::pair<uint64_t, uint32_t>> SlotLayout(InsituVolume& vol) {
   return out;
 }
 
-// A small write into a large compressed extent cuts it into aligned
-// power-of-two pieces around the request, so that the next small write
-// there rewrites only a small piece (not the whole 128 KiB extent), and a
-// write covering the pieces merges them again.
-TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
+// The extent of slot 0 holding block b.
+ExtentInfo ExtentAt(InsituVolume& vol, uint64_t b) {
+  ExtentInfo out;
+  vol.ForEachExtent([&](const ExtentInfo& e) {
+    if (e.head_block <= b && b < e.head_block + e.nblocks) out = e;
+  });
+  return out;
+}
+
+// Slot 0 as n-block pieces, except `merged` (head, blocks), which is one.
+std::vector<std::pair<uint64_t, uint32_t>> Pieces(uint32_t n,
+                                                  std::pair<uint64_t, uint32_t> merged) {
+  std::vector<std::pair<uint64_t, uint32_t>> out;
+  for (uint32_t b = 0; b < 32;) {
+    const uint32_t len = b == merged.first ? merged.second : n;
+    out.emplace_back(b, len);
+    b += len;
+  }
+  return out;
+}
+
+// A small write into a large compressed extent cuts it into the slot's
+// aligned smallest pieces, so that the next small write there rewrites
+// only its piece (not the whole 128 KiB extent), beside the piece's
+// payload and with no undo record, and a write covering pieces merges
+// them again.
+TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentCutsItIntoSmallestPieces) {
   Format({CodecId::kLz4, 0}, format::MetaMode::kWriteBack);
   Open();
   const size_t len = 128 * 1024;
@@ -410,40 +432,39 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentSplitsItIntoBuddyPieces) {
 
   // Block 5, where the payload lies (a write beside it would patch the
   // block instead): text compresses far better than 2:1, so the smallest
-  // piece is 2 blocks; block 5 and its buddy 4 stay together.
+  // piece is 2 blocks; block 5 and block 4 stay together.
   auto a = Data(DataKind::kText, kBlockSize, 2);
   ASSERT_TRUE(vol_->Write(5 * kBlockSize, a.data(), a.size(), false).ok());
   std::memcpy(want.data() + 5 * kBlockSize, a.data(), a.size());
-  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 4}, {4, 2}, {6, 2}, {8, 8}, {16, 16}}));
+  EXPECT_EQ(SlotLayout(*vol_), Pieces(2, {4, 2}));
   EXPECT_EQ(ReadAll(0, len), want);
   ASSERT_TRUE(vol_->Flush().ok());
 
-  // The next small write in that piece (into its head, which holds the
-  // payload) rewrites only the piece.
+  // The next small writes in a piece, into its payload's block (4) and
+  // beside it (7, which is not patched: that would take the room the
+  // next rewrite of the piece needs), rewrite only the piece, beside its
+  // committed payload.
   counting_->data_offset = vol_->superblock().data_offset;
   counting_->data_written = 0;
+  const uint64_t undo_before = vol_->Stats().undo_records;
   auto b = Data(DataKind::kText, 100, 3);
   ASSERT_TRUE(vol_->Write(4 * kBlockSize + 50, b.data(), b.size(), false).ok());
   std::memcpy(want.data() + 4 * kBlockSize + 50, b.data(), b.size());
-  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 4}, {4, 2}, {6, 2}, {8, 8}, {16, 16}}));
-  EXPECT_LE(counting_->data_written, 2 * kBlockSize);
+  ASSERT_TRUE(vol_->Write(7 * kBlockSize + 50, b.data(), b.size(), false).ok());
+  std::memcpy(want.data() + 7 * kBlockSize + 50, b.data(), b.size());
+  EXPECT_EQ(SlotLayout(*vol_), Pieces(2, {4, 2}));
+  EXPECT_LE(counting_->data_written, 2 * 2 * kBlockSize);
+  EXPECT_EQ(vol_->Stats().undo_records, undo_before);
+  EXPECT_EQ(vol_->Stats().patch_writes, 0u);
+  EXPECT_EQ(ExtentAt(*vol_, 7).patched, 0u);
   EXPECT_EQ(ReadAll(0, len), want);
 
   // A write of a whole 64 KiB half merges its pieces.
   std::vector<uint8_t> half = Data(DataKind::kText, len / 2, 4);
   ASSERT_TRUE(vol_->Write(0, half.data(), half.size(), false).ok());
   std::memcpy(want.data(), half.data(), half.size());
-  EXPECT_EQ(SlotLayout(*vol_), (Layout{{0, 16}, {16, 16}}));
+  EXPECT_EQ(SlotLayout(*vol_), Pieces(2, {0, 16}));
   ExpectReadsBackAcrossReopen(want);
-}
-
-// The extent of slot 0 holding block b.
-ExtentInfo ExtentAt(InsituVolume& vol, uint64_t b) {
-  ExtentInfo out;
-  vol.ForEachExtent([&](const ExtentInfo& e) {
-    if (e.head_block <= b && b < e.head_block + e.nblocks) out = e;
-  });
-  return out;
 }
 
 // A small write beside a compressed extent's payload patches its blocks:
