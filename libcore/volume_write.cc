@@ -233,18 +233,28 @@ WriteScratch& GetWriteScratch() {
 
 // Places each compressed payload at the front of its extent's place, or at
 // the back where the front would overwrite `protect`ed sectors and the back
-// would not, so that the overwrite needs no undo record.  Returns the
-// sectors the payloads will be written to.
+// would not, so that the overwrite needs no undo record.  Where either end
+// would do as well, a payload goes to the back when the next extent's place
+// follows (and its payload goes to the front): two pieces of a cut then
+// make one write, and one undo record where they overwrite protected
+// sectors.  Returns the sectors the payloads will be written to.
 SectorSet PlacePayloads(std::vector<NewExtent>* extents, const SectorSet& protect,
                         bool back_allowed) {
   SectorSet writes;
-  for (NewExtent& e : *extents) {
+  bool joins_previous = false;  // the previous payload ends where this place starts
+  for (size_t i = 0; i < extents->size(); ++i) {
+    NewExtent& e = (*extents)[i];
+    const bool next_follows = i + 1 < extents->size() &&
+                              (*extents)[i + 1].first == e.first + e.nblocks &&
+                              (*extents)[i + 1].compressed();
     e.back = false;
-    if (back_allowed && e.compressed() && CanPlaceBack(e.nblocks, e.sectors) &&
-        (e.Sectors() & protect).any()) {
-      e.back = true;  // the front is protected: try the back
-      if ((e.Sectors() & protect).any()) e.back = false;
+    if (back_allowed && e.compressed() && CanPlaceBack(e.nblocks, e.sectors)) {
+      const bool front_hit = (e.Sectors() & protect).any();
+      e.back = true;
+      const bool back_hit = (e.Sectors() & protect).any();
+      e.back = front_hit == back_hit ? !joins_previous && next_follows : front_hit;
     }
+    joins_previous = e.back && next_follows;
     writes |= e.Sectors();
   }
   return writes;
@@ -471,9 +481,22 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
 }
 
 Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool defer) {
-  for (const NewExtent& e : extents) {
+  // Payloads that follow each other on the device and in memory (a back
+  // payload and the front one after it, PlacePayloads) go in one write.
+  for (size_t i = 0; i < extents.size();) {
+    const NewExtent& e = extents[i];
     const uint64_t offset = v_.BlockOffset(slot_first_) + uint64_t{e.start()} * kSectorSize;
-    const size_t len = size_t{e.write_sectors()} * kSectorSize;
+    uint32_t sectors = e.write_sectors();
+    size_t j = i + 1;
+    for (; j < extents.size(); ++j) {
+      const NewExtent& n = extents[j];
+      if (n.start() != e.start() + sectors ||
+          n.write_bytes() != e.write_bytes() + size_t{sectors} * kSectorSize) {
+        break;
+      }
+      sectors += n.write_sectors();
+    }
+    const size_t len = size_t{sectors} * kSectorSize;
     if (defer) {
       v_.deferred.Add(offset, e.write_bytes(), len);
     } else {
@@ -483,6 +506,7 @@ Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool de
       }
     }
     v_.payload_written.fetch_add(len);
+    i = j;
   }
   return Status::OK();
 }

@@ -46,7 +46,10 @@ class CountingDevice : public BorrowedDevice {
     return BorrowedDevice::Flush();
   }
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
-    if (offset >= data_offset) data_written += len;
+    if (offset >= data_offset) {
+      data_written += len;
+      ++data_writes;
+    }
     if (offset < meta_end) meta_written += len;
     if (fua) ++flushes;
     return BorrowedDevice::Write(offset, buf, len, fua);
@@ -54,6 +57,7 @@ class CountingDevice : public BorrowedDevice {
   std::atomic<uint64_t> discarded{0};
   std::atomic<uint64_t> flushes{0};
   std::atomic<uint64_t> data_written{0};  // bytes written at or after data_offset
+  std::atomic<uint64_t> data_writes{0};   // and the writes that wrote them
   std::atomic<uint64_t> meta_written{0};  // bytes written before meta_end
   uint64_t data_offset = UINT64_MAX;
   uint64_t meta_end = 0;
@@ -464,6 +468,26 @@ TEST_F(VolumeTest, SmallWriteIntoLargeCompressedExtentCutsItIntoSmallestPieces) 
   ASSERT_TRUE(vol_->Write(0, half.data(), half.size(), false).ok());
   std::memcpy(want.data(), half.data(), half.size());
   EXPECT_EQ(SlotLayout(*vol_), Pieces(2, {0, 16}));
+  ExpectReadsBackAcrossReopen(want);
+}
+
+// The pieces of a cut pair up where either end of their places would do
+// as well: the first's payload at the back, the next one's at the front,
+// so that the two reach the device in one write (and, where they land on
+// the old payload, in one undo record).
+TEST_F(VolumeTest, ACutWritesItsPiecesInPairs) {
+  std::vector<uint8_t> want = CommittedTextSlot();
+  counting_->data_offset = vol_->superblock().data_offset;
+  counting_->data_writes = 0;
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(5 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 5 * kBlockSize, a.data(), a.size());
+  ASSERT_EQ(SlotLayout(*vol_), Pieces(2, {4, 2}));
+  for (uint64_t b = 0; b < 32; b += 2) {
+    EXPECT_EQ(ExtentAt(*vol_, b).payload_start != 0, b % 4 == 0) << "piece at block " << b;
+  }
+  ASSERT_TRUE(vol_->Flush().ok());  // writes the overwrites queued behind undo records
+  EXPECT_EQ(counting_->data_writes, 8u);
   ExpectReadsBackAcrossReopen(want);
 }
 
