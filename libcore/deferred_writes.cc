@@ -32,8 +32,9 @@ void DeferredWrites::Release(Entry* e) {
   delete e;
 }
 
-void DeferredWrites::Add(uint64_t offset, const uint8_t* data, size_t len) {
-  std::shared_ptr<Entry> e(new Entry{offset, len, 0, TakeBuffer(len)},
+void DeferredWrites::Add(uint64_t offset, const uint8_t* data, size_t len,
+                         const WriteEpoch& epoch) {
+  std::shared_ptr<Entry> e(new Entry{offset, len, 0, epoch, TakeBuffer(len)},
                            [this](Entry* dead) { Release(dead); });
   std::memcpy(e->bytes.data(), data, len);
   std::lock_guard<std::mutex> lock(mu_);
@@ -43,17 +44,6 @@ void DeferredWrites::Add(uint64_t offset, const uint8_t* data, size_t len) {
   queue_.push_back(std::move(e));
   queued_bytes_.fetch_add(len, std::memory_order_relaxed);
   queued_.fetch_add(1, std::memory_order_release);
-}
-
-template <typename Fn>
-void DeferredWrites::ForEachOverlapLocked(uint64_t offset, uint64_t len, Fn&& fn) const {
-  // An entry at key k overlaps when k < offset + len and k + its len > offset,
-  // so k > offset - max_len_.
-  const uint64_t from = offset >= max_len_ ? offset - max_len_ + 1 : 0;
-  for (auto it = by_offset_.lower_bound(from); it != by_offset_.end() && it->first < offset + len;
-       ++it) {
-    if (it->first + it->second->len > offset && !fn(it->second)) return;
-  }
 }
 
 bool DeferredWrites::Overlaps(uint64_t offset, uint64_t len) const {

@@ -44,19 +44,42 @@
 
 namespace insitu {
 
+// The protection a queued write was made under: the sequence numbers of
+// the copies of its slot's metadata page that may be on disk (the durable
+// one and the one a commit is writing, 0 for none).  Opaque here; the
+// volume compares them (see SlotRewrite::Run).
+struct WriteEpoch {
+  uint64_t durable_seq = 0;
+  uint64_t committing_seq = 0;
+  friend bool operator==(const WriteEpoch&, const WriteEpoch&) = default;
+};
+
 class DeferredWrites {
  public:
   // ShouldDrain() turns true once drain_bytes are queued.
   DeferredWrites(BlockDevice* dev, uint64_t drain_bytes) : dev_(dev), drain_bytes_(drain_bytes) {}
 
-  // Queues a write of len bytes at device offset `offset` (copied).
-  void Add(uint64_t offset, const uint8_t* data, size_t len);
+  // Queues a write of len bytes at device offset `offset` (copied), made
+  // under `epoch`.
+  void Add(uint64_t offset, const uint8_t* data, size_t len, const WriteEpoch& epoch);
 
   // Reads [offset, offset+len) of the device with every queued write applied.
   Status Read(uint64_t offset, void* out, size_t len);
 
   // True when a queued write overlaps [offset, offset+len).
   bool Overlaps(uint64_t offset, uint64_t len) const;
+  // Calls fn(offset, len, epoch) for each queued write overlapping
+  // [offset, offset+len), in offset order.  fn runs under the queue's lock:
+  // it must not call back into this object.
+  template <typename Fn>
+  void ForEachQueued(uint64_t offset, uint64_t len, Fn&& fn) const {
+    if (empty()) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    ForEachOverlapLocked(offset, len, [&](const EntryRef& e) {
+      fn(e->offset, e->len, e->epoch);
+      return true;
+    });
+  }
 
   // The device's view of [offset, offset+len) (BlockDevice::View) when no
   // queued write overlaps it, else nullptr (read it with Read()).  The
@@ -84,13 +107,22 @@ class DeferredWrites {
     uint64_t offset;
     size_t len;
     uint64_t order;  // position in the queue: later entries win
+    WriteEpoch epoch;
     AlignedBuffer bytes;
   };
   using EntryRef = std::shared_ptr<const Entry>;
   // Calls fn(entry) for the entries overlapping [offset, offset+len), in
   // offset order, until fn returns false.  Needs mu_.
   template <typename Fn>
-  void ForEachOverlapLocked(uint64_t offset, uint64_t len, Fn&& fn) const;
+  void ForEachOverlapLocked(uint64_t offset, uint64_t len, Fn&& fn) const {
+    // An entry at key k overlaps when k < offset + len and k + its len >
+    // offset, so k > offset - max_len_.
+    const uint64_t from = offset >= max_len_ ? offset - max_len_ + 1 : 0;
+    for (auto it = by_offset_.lower_bound(from); it != by_offset_.end() && it->first < offset + len;
+         ++it) {
+      if (it->first + it->second->len > offset && !fn(it->second)) return;
+    }
+  }
   // A buffer of at least len bytes, from the pool when one is free.
   AlignedBuffer TakeBuffer(size_t len);
   // Called when the last reference to an entry goes (after its drain, and

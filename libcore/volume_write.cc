@@ -73,6 +73,10 @@ bool IsZeroBlock(const uint8_t* p) {
 
 // Sectors of the slot that the extents in `entries` occupy (every sector if
 // the entries are damaged: then nothing may be overwritten unprotected).
+WriteEpoch EpochOf(const SlotViews& vw) {
+  return WriteEpoch{vw.durable_seq, vw.has_committing ? vw.committing_seq : 0};
+}
+
 SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
   SectorSet used;
   thread_local std::vector<SlotExtent> extents;
@@ -193,9 +197,9 @@ struct UndoRun {
 };
 
 // The records that save the sectors in `hit`: one per run of them, except
-// that runs at most one sector apart share a record (a record's header
-// takes a sector, so saving the gap costs no more).
-void SavedRuns(const SectorSet& hit, std::vector<UndoRun>* runs) {
+// that runs one sector apart share a record (a record's header takes a
+// sector, so saving the gap costs no more) unless the gap is in `keep_out`.
+void SavedRuns(const SectorSet& hit, const SectorSet& keep_out, std::vector<UndoRun>* runs) {
   runs->clear();
   for (uint32_t s = 0; s < kSlotSectors;) {
     if (!hit.test(s)) {
@@ -204,7 +208,8 @@ void SavedRuns(const SectorSet& hit, std::vector<UndoRun>* runs) {
     }
     // The run goes on over hit sectors and over one-sector gaps.
     uint32_t end = s + 1;
-    while (end < kSlotSectors && (hit.test(end) || (end + 1 < kSlotSectors && hit.test(end + 1)))) {
+    while (end < kSlotSectors && (hit.test(end) || (end + 1 < kSlotSectors && hit.test(end + 1) &&
+                                                    !keep_out.test(end)))) {
       ++end;
     }
     UndoRun r;
@@ -297,7 +302,12 @@ class SlotRewrite {
                      uint64_t lo, uint64_t hi, const uint8_t* src, bool* done);
   Status Compress(const uint8_t* data, uint32_t first, uint32_t n, uint8_t** payload_cursor,
                   NewExtent* out);
-  Status WritePayloads(const std::vector<NewExtent>& extents, bool defer);
+  // Writes the payloads, or queues them in DeferredWrites under `epoch`
+  // when `defer` is set.
+  Status WritePayloads(const std::vector<NewExtent>& extents, bool defer, const WriteEpoch& epoch);
+  // The sectors of the slot that writes queued under `epoch` overwrite, or
+  // none when a write queued under another epoch overlaps the slot.
+  SectorSet SavedByQueuedWrites(const WriteEpoch& epoch) const;
 
   InsituVolume::Impl& v_;
   const uint64_t slot_first_;
@@ -391,7 +401,7 @@ Status SlotRewrite::PatchBlocks(const std::vector<SlotExtent>& touched, uint32_t
   const bool defer =
       v_.deferred.Overlaps(v_.BlockOffset(slot_first_), uint64_t{slot_n} * kBlockSize);
   if (defer) {
-    v_.deferred.Add(offset, data, len);
+    v_.deferred.Add(offset, data, len, EpochOf(views));
   } else if (Status st = v_.dev->Write(offset, data, len, false); !st.ok()) {
     v_.meta.Unpin(slot_first_, slot_n, nullptr);
     return st.Annotate("writing patched blocks at block " + std::to_string(slot_first_ + b_lo));
@@ -480,7 +490,8 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
   return Status::OK();
 }
 
-Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool defer) {
+Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool defer,
+                                  const WriteEpoch& epoch) {
   // Payloads that follow each other on the device and in memory (a back
   // payload and the front one after it, PlacePayloads) go in one write.
   for (size_t i = 0; i < extents.size();) {
@@ -498,7 +509,7 @@ Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool de
     }
     const size_t len = size_t{sectors} * kSectorSize;
     if (defer) {
-      v_.deferred.Add(offset, e.write_bytes(), len);
+      v_.deferred.Add(offset, e.write_bytes(), len, epoch);
     } else {
       Status st = v_.dev->Write(offset, e.write_bytes(), len, false);
       if (!st.ok()) {
@@ -509,6 +520,36 @@ Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool de
     i = j;
   }
   return Status::OK();
+}
+
+// A rewrite made under the same epoch (the same copies of the page may be
+// on disk) as a queued write need not save the protected sectors that write
+// overwrites again: the queued write's own undo record saved them (the
+// same views protected them then; or an older record did, by the same
+// argument), with the same tags, so that record applies whenever a later
+// one of this epoch does, and being older it is written back last.  It is
+// durable before the rewrite's own overwrite lands, which is queued behind
+// it.  So the rewrite neither saves those sectors nor drains first to read
+// them.  Under another epoch a sector may have been unprotected when it was
+// queued, its bytes saved by no record: then the rewrite drains first
+// (Run), as before.
+SectorSet SlotRewrite::SavedByQueuedWrites(const WriteEpoch& epoch) const {
+  SectorSet saved;
+  bool other = false;
+  const uint64_t base = v_.BlockOffset(slot_first_);
+  const uint64_t end = base + uint64_t{v_.slot_blocks()} * kBlockSize;
+  v_.deferred.ForEachQueued(
+      base, end - base, [&](uint64_t offset, size_t len, const WriteEpoch& e) {
+        if (!(e == epoch)) {
+          other = true;
+          return;
+        }
+        const uint64_t first = (std::max(offset, base) - base) / kSectorSize;
+        const uint64_t last = (std::min(offset + len, end) - base + kSectorSize - 1) / kSectorSize;
+        for (uint64_t sector = first; sector < last; ++sector) saved.set(sector);
+      });
+  if (other) saved.reset();
+  return saved;
 }
 
 Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
@@ -541,9 +582,10 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   }
 
   // Pin the page and place the payloads; if they would still overwrite
-  // sectors a copy of the metadata on disk refers to, reserve undo records
-  // for them: one per run of such sectors (SavedRuns), so that the gaps
-  // between the payloads are not saved too.
+  // sectors a copy of the metadata on disk refers to, and that no queued
+  // write's record already saved (SavedByQueuedWrites), reserve undo
+  // records for them: one per run of such sectors (SavedRuns), so that the
+  // gaps between the payloads are not saved too.
   std::vector<UndoRun>& runs = scratch.undo_runs;
   bool commit_due = false;
   SlotViews views;
@@ -551,7 +593,9 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     Status st = v_.meta.Pin(slot_first_, slot_n, &views, [&](const SlotViews& vw) {
       SectorSet protect = UsedSectors(vw.durable, slot_n);
       if (vw.has_committing) protect |= UsedSectors(vw.committing, slot_n);
-      SavedRuns(PlacePayloads(&extents, protect, v_.back_payloads) & protect, &runs);
+      const SectorSet saved = SavedByQueuedWrites(EpochOf(vw));
+      protect &= ~saved;
+      SavedRuns(PlacePayloads(&extents, protect, v_.back_payloads) & protect, saved, &runs);
       for (UndoRun& r : runs) {
         r.spec.page = vw.page;
         r.spec.page_seq[0] = vw.durable_seq;
@@ -570,6 +614,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     INSITU_RETURN_IF_ERROR(v_.Commit());  // frees the journal
   }
   if (commit_due) v_.WakeFlusher();
+  const WriteEpoch epoch = EpochOf(views);
 
   // The slot's entries after this rewrite.
   uint8_t entries[kMaxExtentBlocks];
@@ -590,10 +635,12 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
                                                          uint64_t{slot_n} * kBlockSize);
   if (undo_needed) {
     // A record must save the bytes on the device, which the on-disk
-    // metadata describes.  Where an overwrite is still queued they differ,
-    // and only that overwrite's own record (not durable yet either) holds
-    // the device's bytes: drain first, so that record is durable and the
-    // device current.  Only this request can queue more for the slot.
+    // metadata describes.  Where an overwrite queued under another epoch
+    // (the same epoch's are left out of the runs) is still queued they
+    // differ, and only that overwrite's own record (not durable yet
+    // either) holds the device's bytes: drain first, so that record is
+    // durable and the device current.  Only this request can queue more
+    // for the slot.
     Status st;
     for (const UndoRun& r : runs) {
       if (v_.deferred.Overlaps(r.spec.data_offset, size_t{r.spec.data_sectors} * kSectorSize)) {
@@ -616,7 +663,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
       return st;
     }
   }
-  Status st = WritePayloads(extents, defer);
+  Status st = WritePayloads(extents, defer, epoch);
   if (!st.ok()) {
     v_.meta.Unpin(slot_first_, slot_n, nullptr);
     return st;

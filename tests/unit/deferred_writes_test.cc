@@ -46,9 +46,9 @@ TEST(DeferredWrites, QueuedBytesReadBackLaterEntriesWinAndTheDeviceIsUntouched) 
   MemDevice mem(1 << 20);
   DeferredWrites q(&mem, 1 << 20);
   EXPECT_TRUE(q.empty());
-  q.Add(4096, Bytes(8192, 1).data(), 8192);  // [4096, 12288)
-  q.Add(8192, Bytes(512, 2).data(), 512);    // inside the first
-  q.Add(0, Bytes(5120, 3).data(), 5120);     // overlaps its head
+  q.Add(4096, Bytes(8192, 1).data(), 8192, WriteEpoch{});  // [4096, 12288)
+  q.Add(8192, Bytes(512, 2).data(), 512, WriteEpoch{});    // inside the first
+  q.Add(0, Bytes(5120, 3).data(), 5120, WriteEpoch{});     // overlaps its head
   EXPECT_FALSE(q.empty());
   EXPECT_TRUE(q.Overlaps(12287, 1));
   EXPECT_FALSE(q.Overlaps(12288, 4096));
@@ -67,14 +67,38 @@ TEST(DeferredWrites, QueuedBytesReadBackLaterEntriesWinAndTheDeviceIsUntouched) 
   EXPECT_EQ(DeviceBytes(&mem, 0, 16384), Bytes(16384, 0));
 }
 
+TEST(DeferredWrites, ForEachQueuedReportsOverlappingWritesWithTheirEpochs) {
+  MemDevice mem(1 << 20);
+  DeferredWrites q(&mem, 1 << 20);
+  q.Add(4096, Bytes(8192, 1).data(), 8192, WriteEpoch{7, 0});  // [4096, 12288)
+  q.Add(8192, Bytes(512, 2).data(), 512, WriteEpoch{7, 8});    // [8192, 8704)
+  q.Add(0, Bytes(5120, 3).data(), 5120, WriteEpoch{6, 7});     // [0, 5120)
+  std::vector<std::pair<uint64_t, WriteEpoch>> seen;
+  q.ForEachQueued(4096, 4096, [&](uint64_t offset, size_t len, const WriteEpoch& e) {
+    EXPECT_GT(len, 0u);
+    seen.emplace_back(offset, e);
+  });
+  ASSERT_EQ(seen.size(), 2u);  // [8192, 8704) starts where the range ends
+  EXPECT_EQ(seen[0].first, 0u);
+  EXPECT_TRUE(seen[0].second == (WriteEpoch{6, 7}));
+  EXPECT_EQ(seen[1].first, 4096u);
+  EXPECT_TRUE(seen[1].second == (WriteEpoch{7, 0}));
+  ASSERT_TRUE(q.Drain().ok());
+  seen.clear();
+  q.ForEachQueued(0, 1 << 20, [&](uint64_t offset, size_t, const WriteEpoch& e) {
+    seen.emplace_back(offset, e);
+  });
+  EXPECT_TRUE(seen.empty());
+}
+
 TEST(DeferredWrites, DrainFlushesBeforeWritingInQueueOrder) {
   MemDevice mem(1 << 20);
   LogWritesDevice log(&mem);
   DeferredWrites q(&log, 10000);
-  q.Add(0, Bytes(4096, 1).data(), 4096);
+  q.Add(0, Bytes(4096, 1).data(), 4096, WriteEpoch{});
   EXPECT_FALSE(q.ShouldDrain());
-  q.Add(2048, Bytes(4096, 2).data(), 4096);
-  q.Add(65536, Bytes(4096, 3).data(), 4096);
+  q.Add(2048, Bytes(4096, 2).data(), 4096, WriteEpoch{});
+  q.Add(65536, Bytes(4096, 3).data(), 4096, WriteEpoch{});
   EXPECT_TRUE(q.ShouldDrain());
   ASSERT_TRUE(q.Drain().ok());
   EXPECT_TRUE(q.empty());
@@ -101,17 +125,17 @@ TEST(DeferredWrites, DrainAtLeastSkipsWhatAnotherDrainTook) {
   MemDevice mem(1 << 20);
   LogWritesDevice log(&mem);
   DeferredWrites q(&log, 8192);
-  q.Add(0, Bytes(8192, 1).data(), 8192);
+  q.Add(0, Bytes(8192, 1).data(), 8192, WriteEpoch{});
   EXPECT_TRUE(q.ShouldDrain());
   EXPECT_FALSE(q.MustDrain());
-  q.Add(16384, Bytes(8192, 2).data(), 8192);
+  q.Add(16384, Bytes(8192, 2).data(), 8192, WriteEpoch{});
   EXPECT_TRUE(q.MustDrain());
   ASSERT_TRUE(q.Drain(2 * q.drain_bytes()).ok());
   EXPECT_TRUE(q.empty());
   const size_t after_first = log.Entries().size();
   EXPECT_EQ(after_first, 3u);  // flush, two writes
   // A writer that found the queue full and waited behind that drain.
-  q.Add(0, Bytes(4096, 3).data(), 4096);
+  q.Add(0, Bytes(4096, 3).data(), 4096, WriteEpoch{});
   ASSERT_TRUE(q.Drain(2 * q.drain_bytes()).ok());
   EXPECT_EQ(log.Entries().size(), after_first);
   EXPECT_FALSE(q.empty());
@@ -128,8 +152,8 @@ TEST(DeferredWrites, FailedDrainKeepsEveryEntryReadable) {
   MemDevice mem(1 << 20);
   FaultDevice fault(&mem);
   DeferredWrites q(&fault, 1 << 20);
-  q.Add(0, Bytes(4096, 7).data(), 4096);
-  q.Add(8192, Bytes(4096, 8).data(), 4096);
+  q.Add(0, Bytes(4096, 7).data(), 4096, WriteEpoch{});
+  q.Add(8192, Bytes(4096, 8).data(), 4096, WriteEpoch{});
 
   fault.FailNth(FaultOp::kFlush, 1, EIO);
   Status st = q.Drain();
@@ -176,7 +200,7 @@ TEST(DeferredWrites, ConcurrentReadsDuringDrainsNeverGoBack) {
   std::vector<uint8_t> block(4096);
   for (uint32_t v = 1; v <= 3000 && !failed; ++v) {
     std::memcpy(block.data(), &v, sizeof(v));
-    q.Add(4096, block.data(), block.size());
+    q.Add(4096, block.data(), block.size(), WriteEpoch{});
     queued = v;
     if (q.ShouldDrain()) {
       ASSERT_TRUE(q.Drain().ok());

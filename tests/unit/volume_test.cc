@@ -491,6 +491,33 @@ TEST_F(VolumeTest, ACutWritesItsPiecesInPairs) {
   ExpectReadsBackAcrossReopen(want);
 }
 
+// Rewrites of a piece before the overwrites of its cut are drained land on
+// sectors the cut's undo record already saved, under the same protection:
+// they save nothing again and do not drain first (no flush).
+TEST_F(VolumeTest, RewritesOfAFreshPieceReuseTheCutsUndoRecord) {
+  std::vector<uint8_t> want = CommittedTextSlot();
+  auto a = Data(DataKind::kText, kBlockSize, 2);
+  ASSERT_TRUE(vol_->Write(5 * kBlockSize, a.data(), a.size(), false).ok());
+  std::memcpy(want.data() + 5 * kBlockSize, a.data(), a.size());
+  ASSERT_EQ(SlotLayout(*vol_), Pieces(2, {4, 2}));
+  const uint64_t flushes = counting_->flushes;
+  const uint64_t undo = vol_->Stats().undo_records;
+  ASSERT_GT(undo, 0u);
+  // The piece's payload goes back and forth between its two blocks, both
+  // over the old payload: the first rewrite saves the block the cut did
+  // not write, the later ones nothing.
+  for (uint64_t i = 0; i < 6; ++i) {
+    auto b = Data(DataKind::kText, kBlockSize, 10 + i);
+    ASSERT_TRUE(vol_->Write(5 * kBlockSize, b.data(), b.size(), false).ok());
+    std::memcpy(want.data() + 5 * kBlockSize, b.data(), b.size());
+    EXPECT_EQ(ReadAll(0, want.size()), want) << "rewrite " << i;
+  }
+  EXPECT_EQ(SlotLayout(*vol_), Pieces(2, {4, 2}));
+  EXPECT_EQ(counting_->flushes, flushes) << "no drain";
+  EXPECT_LE(vol_->Stats().undo_records, undo + 1);
+  ExpectReadsBackAcrossReopen(want);
+}
+
 // A small write beside a compressed extent's payload patches its blocks:
 // it writes only them, raw at their places, saves nothing in the undo
 // journal, and leaves the extent and its payload as they are.  A write
