@@ -26,6 +26,9 @@
 // The caller keeps writes to the same bytes ordered (the volume's
 // ExtentLock), and queues every in-place write of a range with queued
 // entries here too, so a drain never lands stale bytes over newer ones.
+// Each entry carries the WriteEpoch it was made under, so that a later
+// writer can tell which undo records already saved the bytes it overlaps
+// (ForEachQueued).
 //
 // Thread-safety: all methods are thread-safe.  Drains are serialized.
 #pragma once
