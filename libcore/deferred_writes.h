@@ -50,7 +50,7 @@ namespace insitu {
 // The protection a queued write was made under: the sequence numbers of
 // the copies of its slot's metadata page that may be on disk (the durable
 // one and the one a commit is writing, 0 for none).  Opaque here; the
-// volume compares them (see SlotRewrite::Run).
+// volume compares them (SlotRewrite::SavedByQueuedWrites).
 struct WriteEpoch {
   uint64_t durable_seq = 0;
   uint64_t committing_seq = 0;

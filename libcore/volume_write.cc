@@ -71,12 +71,14 @@ bool IsZeroBlock(const uint8_t* p) {
   return true;
 }
 
-// Sectors of the slot that the extents in `entries` occupy (every sector if
-// the entries are damaged: then nothing may be overwritten unprotected).
+// The epoch a rewrite of the slot is made under: which copies of its page
+// may be on disk (see SlotRewrite::SavedByQueuedWrites).
 WriteEpoch EpochOf(const SlotViews& vw) {
   return WriteEpoch{vw.durable_seq, vw.has_committing ? vw.committing_seq : 0};
 }
 
+// Sectors of the slot that the extents in `entries` occupy (every sector if
+// the entries are damaged: then nothing may be overwritten unprotected).
 SectorSet UsedSectors(const uint8_t* entries, uint32_t n) {
   SectorSet used;
   thread_local std::vector<SlotExtent> extents;
@@ -540,7 +542,7 @@ SectorSet SlotRewrite::SavedByQueuedWrites(const WriteEpoch& epoch) const {
   const uint64_t end = base + uint64_t{v_.slot_blocks()} * kBlockSize;
   v_.deferred.ForEachQueued(
       base, end - base, [&](uint64_t offset, size_t len, const WriteEpoch& e) {
-        if (!(e == epoch)) {
+        if (e != epoch) {
           other = true;
           return;
         }
