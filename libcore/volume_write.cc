@@ -309,7 +309,8 @@ class SlotRewrite {
   Status WritePayloads(const std::vector<NewExtent>& extents, bool defer, const WriteEpoch& epoch);
   // The sectors of the slot that writes queued under `epoch` overwrite, or
   // none when a write queued under another epoch overlaps the slot.
-  SectorSet SavedByQueuedWrites(const WriteEpoch& epoch) const;
+  // *queued: whether any queued write overlaps the slot.
+  SectorSet SavedByQueuedWrites(const WriteEpoch& epoch, bool* queued) const;
 
   InsituVolume::Impl& v_;
   const uint64_t slot_first_;
@@ -535,13 +536,15 @@ Status SlotRewrite::WritePayloads(const std::vector<NewExtent>& extents, bool de
 // them.  Under another epoch a sector may have been unprotected when it was
 // queued, its bytes saved by no record: then the rewrite drains first
 // (Run), as before.
-SectorSet SlotRewrite::SavedByQueuedWrites(const WriteEpoch& epoch) const {
+SectorSet SlotRewrite::SavedByQueuedWrites(const WriteEpoch& epoch, bool* queued) const {
   SectorSet saved;
   bool other = false;
+  *queued = false;
   const uint64_t base = v_.BlockOffset(slot_first_);
   const uint64_t end = base + uint64_t{v_.slot_blocks()} * kBlockSize;
   v_.deferred.ForEachQueued(
       base, end - base, [&](uint64_t offset, size_t len, const WriteEpoch& e) {
+        *queued = true;
         if (e != epoch) {
           other = true;
           return;
@@ -590,12 +593,13 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   // gaps between the payloads are not saved too.
   std::vector<UndoRun>& runs = scratch.undo_runs;
   bool commit_due = false;
+  bool slot_queued = false;
   SlotViews views;
   for (;;) {
     Status st = v_.meta.Pin(slot_first_, slot_n, &views, [&](const SlotViews& vw) {
       SectorSet protect = UsedSectors(vw.durable, slot_n);
       if (vw.has_committing) protect |= UsedSectors(vw.committing, slot_n);
-      const SectorSet saved = SavedByQueuedWrites(EpochOf(vw));
+      const SectorSet saved = SavedByQueuedWrites(EpochOf(vw), &slot_queued);
       protect &= ~saved;
       SavedRuns(PlacePayloads(&extents, protect, v_.back_payloads) & protect, saved, &runs);
       for (UndoRun& r : runs) {
@@ -631,10 +635,11 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
   // Overwrites of protected sectors wait in DeferredWrites for their undo
   // record to be durable; so do all writes into a slot that has overwrites
   // queued, or a drain could later land older bytes over them.  Only this
-  // request (it holds the slot's lock) can queue more for the slot.
+  // request (it holds the slot's lock) can queue more for the slot, so
+  // what the pin saw queued is still queued or already drained (deferring
+  // behind drained writes costs a copy, nothing else).
   const bool undo_needed = !runs.empty();
-  const bool defer = undo_needed || v_.deferred.Overlaps(v_.BlockOffset(slot_first_),
-                                                         uint64_t{slot_n} * kBlockSize);
+  const bool defer = undo_needed || slot_queued;
   if (undo_needed) {
     // A record must save the bytes on the device, which the on-disk
     // metadata describes.  Where an overwrite queued under another epoch
