@@ -22,6 +22,7 @@
 #   BENCH_MICRO=0          skip the microbenchmarks
 #   BENCH_NBD=0            skip the fio matrix
 #   BENCH_MICRO_MIN_TIME   --benchmark_min_time for insitu_micro (default 0.5)
+#   BENCH_MICRO_REPS       repetitions of each microbenchmark, interleaved; medians (default 5)
 #   BENCH_BUILD=0          use the binaries in BUILD_DIR as they are
 #   BENCH_INSITUD_ARGS     extra insitud options, e.g. "--io direct --threads 4"
 #   BENCH_OUT              results directory (default bench/results)
@@ -44,13 +45,14 @@ configure() {
     : "${BENCH_SECONDS:=2}" "${BENCH_ROUNDS:=1}" "${BENCH_DEPTHS:=16}" "${BENCH_CONNS:=1}"
     : "${BENCH_TARGETS:=fio-raw nbdkit-file qemu-nbd insitu-lz4-wb}"
     : "${BENCH_WORKLOADS:=randwrite4k randread4k seqwrite128k seqread128k}"
-    : "${BENCH_MICRO_MIN_TIME:=0.05}"
+    : "${BENCH_MICRO_MIN_TIME:=0.05}" "${BENCH_MICRO_REPS:=1}"
     : "${BENCH_DATASET_TARGETS:=nbdkit-file insitu-lz4-wb insitu-zstd1-wb}"
     export BENCH_DATASET_TARGETS
   fi
   : "${BENCH_SECONDS:=8}" "${BENCH_ROUNDS:=3}" "${BENCH_SIZE:=1G}" "${BENCH_RANGE:=512M}"
   : "${BENCH_TARGETS:=$ALL_TARGETS}" "${BENCH_WORKLOADS:=$ALL_WORKLOADS}"
   : "${BENCH_DEPTHS:=1 16}" "${BENCH_CONNS:=1 4}" "${BENCH_MICRO_MIN_TIME:=0.5}"
+  : "${BENCH_MICRO_REPS:=5}"
   # shellcheck disable=SC2086  # the lists are words
   check_targets $BENCH_TARGETS
   local c wl
@@ -143,8 +145,12 @@ run_micro() {
   fio --name=sample --filename="$sample" --rw=write --bs=128k --size=8M \
     --buffer_compress_percentage=60 --buffer_compress_chunk=4k --refill_buffers \
     >>"$OUT/logs/fio.log" 2>&1 || die "fio sample failed; see $OUT/logs/fio.log"
-  log "microbenchmarks (min time $BENCH_MICRO_MIN_TIME s each)"
-  INSITU_MICRO_FIO_DATA=$sample "$bin" --benchmark_min_time="$BENCH_MICRO_MIN_TIME" \
+  # Repetitions run in random order, interleaved with the other benchmarks'
+  # (A B A B, as the NBD rounds): the report takes each one's median.
+  local reps=(--benchmark_repetitions="$BENCH_MICRO_REPS")
+  if ((BENCH_MICRO_REPS > 1)); then reps+=(--benchmark_enable_random_interleaving=true); fi
+  log "microbenchmarks ($BENCH_MICRO_REPS × min time $BENCH_MICRO_MIN_TIME s each)"
+  INSITU_MICRO_FIO_DATA=$sample "$bin" --benchmark_min_time="$BENCH_MICRO_MIN_TIME" "${reps[@]}" \
     --benchmark_out="$OUT/micro.json" --benchmark_out_format=json \
     >"$OUT/logs/micro.txt" 2>&1 || die "insitu_micro failed; see $OUT/logs/micro.txt"
 }

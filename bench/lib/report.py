@@ -376,12 +376,33 @@ def cpu_per_gib(run_rows, target, workloads, field):
 # ---- microbenchmarks ---------------------------------------------------------
 
 
+MICRO_FIELDS = ("bytes_per_second", "items_per_second", "real_time", "ratio")
+
+
 def load_micro(out):
+    """One entry per benchmark: the median of its repetitions in every
+    field the tables use, and the repetitions' bytes/s in "reps"."""
     path = os.path.join(out, "micro.json")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [b for b in json.load(f)["benchmarks"] if b.get("run_type") == "iteration"]
+        runs = [b for b in json.load(f)["benchmarks"] if b.get("run_type") == "iteration"]
+    by_name = {}
+    for b in runs:
+        by_name.setdefault(b.get("run_name", b["name"]), []).append(b)
+    merged = []
+    # Registration order: interleaving wrote the repetitions shuffled.
+    order = lambda item: (item[1][0].get("family_index", 0),  # noqa: E731
+                          item[1][0].get("per_family_instance_index", 0))
+    for name, reps in sorted(by_name.items(), key=order):
+        m = dict(reps[0], name=name)
+        for k in MICRO_FIELDS:
+            vals = [r[k] for r in reps if k in r]
+            if vals:
+                m[k] = statistics.median(vals)
+        m["reps"] = [r.get("bytes_per_second", 0) for r in reps]
+        merged.append(m)
+    return merged
 
 
 def codec_speeds(micro):
@@ -398,7 +419,10 @@ def micro_tables(micro):
     speeds = codec_speeds(micro)
     if not micro:
         return ""
-    out = ["## Microbenchmarks (one core, Google Benchmark)\n"]
+    reps = max(len(b["reps"]) for b in micro)
+    out = ["## Microbenchmarks (one core, Google Benchmark)\n",
+           f"Every figure is the median of {reps} repetition(s), run in random order "
+           "interleaved with the other benchmarks'.\n"]
     codecs = list(dict.fromkeys(k[1] for k in speeds))
     for data, label in (("fio", "fio-like data (60 % compressible, as the NBD runs write)"),
                         ("real", "real data")):
@@ -435,18 +459,25 @@ def engine_table(micro):
     for b in micro:
         if b["name"].startswith("engine_write/"):
             by_codec.setdefault(b["name"].split("/")[1], {})[b["threads"]] = \
-                b["bytes_per_second"] / 1e6
+                (b["bytes_per_second"] / 1e6, [v / 1e6 for v in b["reps"]])
     if not by_codec:
         return ""
     body = []
     for codec, t in by_codec.items():
-        r = t[2] / t[1] if 1 in t and 2 in t else None
-        body.append([codec, fmt(t.get(1), 0), fmt(t.get(2), 0), fmt_ratio(r),
-                     met(r >= 1.8) if r else "—"])
+        r = t[2][0] / t[1][0] if 1 in t and 2 in t else None
+        spread = (f"{min(t[2][1]) / max(t[1][1]):.2f}–{max(t[2][1]) / min(t[1][1]):.2f}×"
+                  if r else "—")
+        body.append([codec, fmt(t[1][0] if 1 in t else None, 0),
+                     fmt(t[2][0] if 2 in t else None, 0), str(len(t.get(1, (0, []))[1])),
+                     fmt_ratio(r), spread, met(r >= 1.8) if r else "—"])
     return ("### Engine scaling\n\n128 KiB writes of fio-like data into an InsituVolume on a "
-            "MemDevice, each thread its own region, wall-clock time. Target: 2 threads ≥ "
+            "MemDevice, each thread its own region, wall-clock time; medians of the "
+            "repetitions, which ran interleaved with each other and with the other "
+            "microbenchmarks. The range is the lowest 2-thread repetition over the highest "
+            "1-thread one, and the highest over the lowest. Target: 2 threads ≥ "
             "1.8× one thread.\n\n" +
-            table(["codec", "1 thread MB/s", "2 threads MB/s", "2T/1T", "target"], body))
+            table(["codec", "1 thread MB/s", "2 threads MB/s", "repetitions", "2T/1T",
+                   "range", "target"], body))
 
 
 def streaming_table(m, micro):
