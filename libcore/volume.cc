@@ -483,6 +483,7 @@ VolumeStats InsituVolume::Stats() const {
   s.meta_bytes_written =
       v.base_meta + v.meta.bytes_written() + v.super_written.load() + v.journal.bytes_written();
   s.undo_records = v.undo_records.load();
+  s.undo_drains = v.undo_drains.load();
   s.patch_writes = v.patch_writes.load();
   if (v.fitter) {
     s.refits = v.fitter->tries();

@@ -67,6 +67,7 @@ struct VolumeStats {
   uint64_t payload_bytes_written = 0;  // data-area bytes written to the backing device
   uint64_t meta_bytes_written = 0;     // metadata, journal and superblock bytes written
   uint64_t undo_records = 0;           // undo records written, one per saved run (this open)
+  uint64_t undo_drains = 0;            // drains a write ran first, to save queued bytes (this open)
   uint64_t patch_writes = 0;           // writes stored as patched blocks (this open)
   uint64_t refits = 0;                 // payloads compressed again to save a unit (this open)
   uint64_t refit_units_saved = 0;      // 4 KiB units those retries saved (this open)

@@ -183,6 +183,7 @@ class InsituVolume::Impl {
   // flusher thread only.
   uint64_t walk_resume_slot = 0;
   std::atomic<uint64_t> undo_records{0};
+  std::atomic<uint64_t> undo_drains{0};
   std::atomic<uint64_t> patch_writes{0};
 
   std::thread flusher, drainer;

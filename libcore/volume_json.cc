@@ -105,6 +105,7 @@ nlohmann::json StatsToJson(const VolumeStats& stats) {
   j["blocks_unwritten"] = stats.blocks_unwritten;
   j["blocks_bad"] = stats.blocks_bad;
   j["undo_records"] = stats.undo_records;
+  j["undo_drains"] = stats.undo_drains;
   j["patch_writes"] = stats.patch_writes;
   j["refits"] = stats.refits;
   j["refit_units_saved"] = stats.refit_units_saved;

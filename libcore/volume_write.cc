@@ -651,6 +651,7 @@ Status SlotRewrite::Run(uint64_t lo, uint64_t hi, const uint8_t* src) {
     Status st;
     for (const UndoRun& r : runs) {
       if (v_.deferred.Overlaps(r.spec.data_offset, size_t{r.spec.data_sectors} * kSectorSize)) {
+        v_.undo_drains.fetch_add(1);
         st = v_.DrainDeferred();
         break;
       }
