@@ -27,14 +27,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <string_view>
@@ -44,6 +42,7 @@
 #include "libcore/mem_device.h"
 #include "libcore/volume.h"
 #include "tests/support/crash_replayer.h"
+#include "tests/support/flush_gate.h"
 #include "tests/support/log_writes_device.h"
 #include "tests/unit/test_util.h"
 
@@ -55,6 +54,7 @@ using testing::BorrowedDevice;
 using testing::CrashImage;
 using testing::DataKind;
 using testing::FillData;
+using testing::FlushGate;
 using testing::LogEntry;
 using testing::LogWritesDevice;
 using testing::ReplayCrashes;
@@ -74,61 +74,6 @@ uint64_t HashBlock(const uint8_t* p) {
 // 24 slots of 128 KiB), so writes overlap often and an image is cheap to
 // check.
 constexpr uint64_t kDeviceBytes = 4 << 20;
-
-// Forwards to a device it does not own.  Arm() makes the next Flush wait,
-// before it reaches the target, until Release(): a test holds a commit or a
-// drain at its flush while other threads run.  Thread-safe.
-class FlushGate : public BlockDevice {
- public:
-  explicit FlushGate(BlockDevice* target) : target_(target) {}
-  uint64_t Size() const override { return target_->Size(); }
-  Status Read(uint64_t offset, void* buf, size_t len) override {
-    return target_->Read(offset, buf, len);
-  }
-  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
-    return target_->Write(offset, buf, len, fua);
-  }
-  Status Flush() override {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (armed_) {
-        armed_ = false;
-        held_ = true;
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return !held_; });
-      }
-    }
-    return target_->Flush();
-  }
-  Status Discard(uint64_t offset, uint64_t len) override { return target_->Discard(offset, len); }
-  Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override {
-    return target_->WriteZeroes(offset, len, fua);
-  }
-  const uint8_t* View(uint64_t offset, size_t len) override { return target_->View(offset, len); }
-  std::string Describe() const override { return "gate:" + target_->Describe(); }
-
-  void Arm() {
-    std::lock_guard<std::mutex> lock(mu_);
-    armed_ = true;
-  }
-  // Returns once a flush is held.
-  void WaitHeld() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return held_; });
-  }
-  void Release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    held_ = false;
-    cv_.notify_all();
-  }
-
- private:
-  BlockDevice* const target_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool armed_ = false;
-  bool held_ = false;
-};
 
 // What the checks of one log found.
 struct CrashReport {
