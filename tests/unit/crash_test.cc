@@ -27,12 +27,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string_view>
@@ -42,7 +44,6 @@
 #include "libcore/mem_device.h"
 #include "libcore/volume.h"
 #include "tests/support/crash_replayer.h"
-#include "tests/support/flush_gate.h"
 #include "tests/support/log_writes_device.h"
 #include "tests/unit/test_util.h"
 
@@ -54,7 +55,6 @@ using testing::BorrowedDevice;
 using testing::CrashImage;
 using testing::DataKind;
 using testing::FillData;
-using testing::FlushGate;
 using testing::LogEntry;
 using testing::LogWritesDevice;
 using testing::ReplayCrashes;
@@ -74,6 +74,47 @@ uint64_t HashBlock(const uint8_t* p) {
 // 24 slots of 128 KiB), so writes overlap often and an image is cheap to
 // check.
 constexpr uint64_t kDeviceBytes = 4 << 20;
+
+// Forwards to a device it does not own, and can hold one Flush: Arm()
+// makes the next Flush wait, before it reaches the target, until Release(),
+// so a test can stop a commit or a drain at its flush while other threads
+// run and build interleavings one thread never reaches.  Thread-safe.
+class FlushGate : public BorrowedDevice {
+ public:
+  using BorrowedDevice::BorrowedDevice;
+  Status Flush() override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (armed_) {
+        armed_ = false;
+        held_ = true;
+        cv_.notify_all();
+        cv_.wait(lock, [&] { return !held_; });
+      }
+    }
+    return BorrowedDevice::Flush();
+  }
+  void Arm() {
+    std::lock_guard<std::mutex> lock(mu_);
+    armed_ = true;
+  }
+  // Returns once a flush is held.
+  void WaitHeld() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return held_; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_ = false;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;  // guards the flags
+  std::condition_variable cv_;
+  bool armed_ = false;
+  bool held_ = false;
+};
 
 // What the checks of one log found.
 struct CrashReport {
@@ -498,6 +539,13 @@ INSTANTIATE_TEST_SUITE_P(CrashCodecs, CrashRules,
                                            CrashConfig{"lz4", format::MetaMode::kWriteBack}),
                          ConfigName);
 
+// `len` bytes of text-like data (compresses well).
+std::vector<uint8_t> Text(std::mt19937_64& rng, size_t len) {
+  std::vector<uint8_t> v(len);
+  FillData(rng, DataKind::kText, v.data(), len);
+  return v;
+}
+
 // A committed extent cut by a small write, then rewrites of the same block
 // before the cut's overwrites are drained: the rewrites save nothing an
 // earlier record of the same epoch saved and do not drain first
@@ -510,17 +558,12 @@ TEST_P(CrashRewrites, RewritesBeforeTheDrainKeepTheRules) {
   h.Start(Options(CrashConfig{GetParam(), format::MetaMode::kWriteBack}));
   ASSERT_FALSE(::testing::Test::HasFatalFailure());
   std::mt19937_64 rng(5);
-  auto text = [&](size_t len) {
-    std::vector<uint8_t> v(len);
-    FillData(rng, DataKind::kText, v.data(), len);
-    return v;
-  };
-  h.Write(0, text(format::kMaxExtentBlocks * kBlockSize), false);
+  h.Write(0, Text(rng, format::kMaxExtentBlocks * kBlockSize), false);
   h.Flush();
   const size_t cut_done = h.Log().size();
-  for (int i = 0; i < 7; ++i) h.Write(5 * kBlockSize, text(kBlockSize), false);
+  for (int i = 0; i < 7; ++i) h.Write(5 * kBlockSize, Text(rng, kBlockSize), false);
   const std::vector<LogEntry> before_flush = h.Log();
-  h.Write(9 * kBlockSize + 100, text(3000), false);
+  h.Write(9 * kBlockSize + 100, Text(rng, 3000), false);
   h.Flush();
   h.VerifyLive();
   h.Close();
@@ -563,22 +606,17 @@ TEST(CrashRewrites, ARewriteUnderAnotherEpochDrainsFirst) {
     h.Start(Options(CrashConfig{codec, format::MetaMode::kWriteBack}));
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
     std::mt19937_64 rng(9);
-    auto text = [&](size_t len) {
-      std::vector<uint8_t> v(len);
-      FillData(rng, DataKind::kText, v.data(), len);
-      return v;
-    };
     constexpr size_t kSlot = format::kMaxExtentBlocks * kBlockSize;
-    h.Write(0, text(kSlot), false);
+    h.Write(0, Text(rng, kSlot), false);
     h.Flush();
-    h.Write(kSlot, text(kBlockSize), false);  // something for commit c to write
+    h.Write(kSlot, Text(rng, kBlockSize), false);  // something for commit c to write
 
     // Commit c, held at its data flush; its drain found nothing queued.
     h.gate().Arm();
     Status commit_c;
     std::thread c([&] { commit_c = h.volume().Flush(); });
     h.gate().WaitHeld();
-    h.Write(5 * kBlockSize, text(kBlockSize), false);  // the cut: queued, epoch (d, c)
+    h.Write(5 * kBlockSize, Text(rng, kBlockSize), false);  // the cut: queued, epoch (d, c)
     h.gate().Release();
     c.join();
     ASSERT_TRUE(commit_c.ok()) << commit_c.ToString();
@@ -591,7 +629,7 @@ TEST(CrashRewrites, ARewriteUnderAnotherEpochDrainsFirst) {
     h.gate().WaitHeld();
     std::atomic<bool> merged{false};
     std::thread merge([&] {
-      h.Write(0, text(kSlot), false);
+      h.Write(0, Text(rng, kSlot), false);
       merged = true;
     });
     // The merge counts its undo drain before it waits for the one held
