@@ -75,11 +75,13 @@ uint64_t HashBlock(const uint8_t* p) {
 // check.
 constexpr uint64_t kDeviceBytes = 4 << 20;
 
-// Forwards to a device it does not own, and can hold one Flush: Arm()
-// makes the next Flush wait, before it reaches the target, until Release(),
-// so a test can stop a commit or a drain at its flush while other threads
-// run and build interleavings one thread never reaches.  Thread-safe.
-class FlushGate : public BorrowedDevice {
+// Forwards to a device it does not own, and can hold one Flush or fail one
+// write: Arm() makes the next Flush wait, before it reaches the target,
+// until Release(), so a test can stop a commit or a drain at its flush
+// while other threads run and build interleavings one thread never
+// reaches; FailWriteAt() makes the next write over one byte fail without
+// reaching the target, whichever thread issues it.  Thread-safe.
+class GateDevice : public BorrowedDevice {
  public:
   using BorrowedDevice::BorrowedDevice;
   Status Flush() override {
@@ -93,6 +95,18 @@ class FlushGate : public BorrowedDevice {
       }
     }
     return BorrowedDevice::Flush();
+  }
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (fail_err_ != 0 && offset <= fail_at_ && fail_at_ < offset + len) {
+        const int err = fail_err_;
+        fail_err_ = 0;
+        ++faults_;
+        return Status::IOError("injected write fault at " + std::to_string(offset), err);
+      }
+    }
+    return BorrowedDevice::Write(offset, buf, len, fua);
   }
   void Arm() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -108,12 +122,24 @@ class FlushGate : public BorrowedDevice {
     held_ = false;
     cv_.notify_all();
   }
+  void FailWriteAt(uint64_t offset, int err) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_at_ = offset;
+    fail_err_ = err;
+  }
+  uint64_t faults() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return faults_;
+  }
 
  private:
-  std::mutex mu_;  // guards the flags
+  std::mutex mu_;  // guards the fields below
   std::condition_variable cv_;
   bool armed_ = false;
   bool held_ = false;
+  uint64_t fail_at_ = 0;
+  int fail_err_ = 0;  // 0: no write fault armed
+  uint64_t faults_ = 0;
 };
 
 // What the checks of one log found.
@@ -153,7 +179,7 @@ class CrashHarness {
     ASSERT_TRUE(st.ok()) << st.ToString();
     initial_ = backing_->contents();
     log_ = std::make_unique<LogWritesDevice>(backing_.get());
-    gate_ = std::make_unique<FlushGate>(log_.get());
+    gate_ = std::make_unique<GateDevice>(log_.get());
     OpenOptions o;
     o.log = [](const std::string&) {};
     st = InsituVolume::Open(std::make_unique<BorrowedDevice>(gate_.get()), o, &vol_);
@@ -166,15 +192,26 @@ class CrashHarness {
   uint64_t size() const { return reference_.size(); }
   uint64_t data_offset() const { return data_offset_; }
   std::vector<LogEntry> Log() const { return log_->Entries(); }
-  FlushGate& gate() { return *gate_; }
+  GateDevice& gate() { return *gate_; }
   InsituVolume& volume() { return *vol_; }
 
   void Write(uint64_t off, const std::vector<uint8_t>& data, bool fua) {
-    Status st = vol_->Write(off, data.data(), data.size(), fua);
+    Status st = TryWrite(off, data, fua);
     ASSERT_TRUE(st.ok()) << "write " << off << "+" << data.size() << ": " << st.ToString();
+  }
+  // A write that may fail: on failure the volume holds what it held, and
+  // after a crash each block may hold either, as for a write in flight.
+  Status TryWrite(uint64_t off, const std::vector<uint8_t>& data, bool fua) {
+    Status st = vol_->Write(off, data.data(), data.size(), fua);
+    std::vector<uint8_t> held;
+    if (!st.ok()) held.assign(reference_.begin() + off, reference_.begin() + off + data.size());
     std::memcpy(reference_.data() + off, data.data(), data.size());
-    Record(off / kBlockSize, (off + data.size() + kBlockSize - 1) / kBlockSize, fua, false,
-           "write " + std::to_string(off) + "+" + std::to_string(data.size()));
+    Record(off / kBlockSize, (off + data.size() + kBlockSize - 1) / kBlockSize, fua && st.ok(),
+           false,
+           (st.ok() ? "write " : "failed write ") + std::to_string(off) + "+" +
+               std::to_string(data.size()));
+    if (!st.ok()) std::memcpy(reference_.data() + off, held.data(), held.size());
+    return st;
   }
   void WriteZeroes(uint64_t off, uint64_t len, bool fua) {
     Status st = vol_->WriteZeroes(off, len, fua);
@@ -363,7 +400,7 @@ class CrashHarness {
   std::vector<uint8_t> initial_;  // the device right after format
   uint64_t data_offset_ = 0;
   std::unique_ptr<LogWritesDevice> log_;
-  std::unique_ptr<FlushGate> gate_;  // between the volume and log_
+  std::unique_ptr<GateDevice> gate_;  // between the volume and log_
   std::unique_ptr<InsituVolume> vol_;
   std::vector<uint8_t> reference_;             // what the volume holds now
   std::vector<bool> flush_;                    // per client op: a flush?
@@ -539,11 +576,24 @@ INSTANTIATE_TEST_SUITE_P(CrashCodecs, CrashRules,
                                            CrashConfig{"lz4", format::MetaMode::kWriteBack}),
                          ConfigName);
 
-// `len` bytes of text-like data (compresses well).
-std::vector<uint8_t> Text(std::mt19937_64& rng, size_t len) {
+// `len` bytes of data of one kind.
+std::vector<uint8_t> Data(std::mt19937_64& rng, DataKind kind, size_t len) {
   std::vector<uint8_t> v(len);
-  FillData(rng, DataKind::kText, v.data(), len);
+  FillData(rng, kind, v.data(), len);
   return v;
+}
+std::vector<uint8_t> Text(std::mt19937_64& rng, size_t len) {
+  return Data(rng, DataKind::kText, len);
+}
+
+// Replays every crash point of h's log (seeded variants too) and expects
+// more than min_points of them, each keeping the rules.
+void ExpectEveryCrashPointKeepsTheRules(const CrashHarness& h, uint64_t seed, size_t min_points) {
+  ReplayOptions ropts;
+  ropts.seed = seed;
+  const CrashReport r = h.Check(h.Log(), ropts);
+  EXPECT_GT(r.points, min_points);
+  EXPECT_EQ(r.bad_points, 0u) << r.Summary() << (r.examples.empty() ? "" : "; " + r.examples[0]);
 }
 
 // A committed extent cut by a small write, then rewrites of the same block
@@ -571,11 +621,7 @@ TEST_P(CrashRewrites, RewritesBeforeTheDrainKeepTheRules) {
   for (size_t i = cut_done; i < before_flush.size(); ++i) {
     EXPECT_NE(before_flush[i].kind, LogEntry::Kind::kFlush) << "a drain at entry " << i;
   }
-  ReplayOptions ropts;
-  ropts.seed = 5;
-  const CrashReport r = h.Check(h.Log(), ropts);
-  EXPECT_GT(r.points, 100u);
-  EXPECT_EQ(r.bad_points, 0u) << r.Summary() << (r.examples.empty() ? "" : "; " + r.examples[0]);
+  ExpectEveryCrashPointKeepsTheRules(h, 5, 100);
 }
 
 // With codec none the block is rewritten raw in place, each time over the
@@ -589,6 +635,51 @@ INSTANTIATE_TEST_SUITE_P(Codecs, CrashRewrites,
                            }
                            return name;
                          });
+
+constexpr size_t kSlotBytes = format::kMaxExtentBlocks * kBlockSize;
+
+// Builds the interleaving of the two tests below up to c2 held: slot 0 committed whole, cut
+// by a 4 KiB write queued under commit c's epoch, and commit c2 held at
+// its drain's flush (that drain's batch holds the cut).  *c2 runs c2,
+// whose result goes to *commit_c2.
+void HoldADrainWithACutQueued(CrashHarness& h, std::mt19937_64& rng, std::thread* c2,
+                              Status* commit_c2) {
+  h.Write(0, Text(rng, kSlotBytes), false);
+  h.Flush();
+  h.Write(kSlotBytes, Text(rng, kBlockSize), false);  // something for commit c to write
+
+  // Commit c, held at its data flush; its drain found nothing queued.
+  h.gate().Arm();
+  Status commit_c;
+  std::thread c([&] { commit_c = h.volume().Flush(); });
+  h.gate().WaitHeld();
+  h.Write(5 * kBlockSize, Text(rng, kBlockSize), false);  // the cut: queued, epoch (d, c)
+  h.gate().Release();
+  c.join();
+  ASSERT_TRUE(commit_c.ok()) << commit_c.ToString();
+  ASSERT_EQ(h.Stats().undo_drains, 0u);
+
+  h.gate().Arm();
+  *c2 = std::thread([&h, commit_c2] { *commit_c2 = h.volume().Flush(); });
+  h.gate().WaitHeld();
+}
+
+// Runs `write` on another thread and returns once it counted an undo drain
+// (it counts before it waits for the drain held) or finished; gives up
+// after 20 s, so that a build without the drain fails instead of hanging.
+uint64_t StartAndWaitForUndoDrain(CrashHarness& h, std::thread* writer,
+                                  std::function<void()> write) {
+  std::atomic<bool> done{false};
+  *writer = std::thread([write = std::move(write), &done] {
+    write();
+    done = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (h.Stats().undo_drains == 0 && !done && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return h.Stats().undo_drains;
+}
 
 // An overwrite queued under one epoch, then a rewrite of its sectors under
 // another: a cut made while commit c writes its page (after that commit's
@@ -606,39 +697,14 @@ TEST(CrashRewrites, ARewriteUnderAnotherEpochDrainsFirst) {
     h.Start(Options(CrashConfig{codec, format::MetaMode::kWriteBack}));
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
     std::mt19937_64 rng(9);
-    constexpr size_t kSlot = format::kMaxExtentBlocks * kBlockSize;
-    h.Write(0, Text(rng, kSlot), false);
-    h.Flush();
-    h.Write(kSlot, Text(rng, kBlockSize), false);  // something for commit c to write
-
-    // Commit c, held at its data flush; its drain found nothing queued.
-    h.gate().Arm();
-    Status commit_c;
-    std::thread c([&] { commit_c = h.volume().Flush(); });
-    h.gate().WaitHeld();
-    h.Write(5 * kBlockSize, Text(rng, kBlockSize), false);  // the cut: queued, epoch (d, c)
-    h.gate().Release();
-    c.join();
-    ASSERT_TRUE(commit_c.ok()) << commit_c.ToString();
-    ASSERT_EQ(h.Stats().undo_drains, 0u);
-
-    // Commit c2, held at its drain's flush: the cut is still queued.
-    h.gate().Arm();
+    std::thread c2;
     Status commit_c2;
-    std::thread c2([&] { commit_c2 = h.volume().Flush(); });
-    h.gate().WaitHeld();
-    std::atomic<bool> merged{false};
-    std::thread merge([&] {
-      h.Write(0, Text(rng, kSlot), false);
-      merged = true;
-    });
-    // The merge counts its undo drain before it waits for the one held
-    // (without one it would not wait).
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (h.Stats().undo_drains == 0 && !merged && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    const uint64_t undo_drains = h.Stats().undo_drains;
+    HoldADrainWithACutQueued(h, rng, &c2, &commit_c2);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    const std::vector<uint8_t> whole = Text(rng, kSlotBytes);
+    std::thread merge;
+    const uint64_t undo_drains =
+        StartAndWaitForUndoDrain(h, &merge, [&] { h.Write(0, whole, false); });
     h.gate().Release();
     c2.join();
     merge.join();
@@ -649,11 +715,52 @@ TEST(CrashRewrites, ARewriteUnderAnotherEpochDrainsFirst) {
     h.VerifyLive();
     h.Close();
     ASSERT_FALSE(::testing::Test::HasFatalFailure());
-    ReplayOptions ropts;
-    ropts.seed = 9;
-    const CrashReport r = h.Check(h.Log(), ropts);
-    EXPECT_GT(r.points, 50u);
-    EXPECT_EQ(r.bad_points, 0u) << r.Summary() << (r.examples.empty() ? "" : "; " + r.examples[0]);
+    ExpectEveryCrashPointKeepsTheRules(h, 9, 50);
+  }
+}
+
+// The same undo drain failing: an overwrite of a committed raw extent is
+// queued behind c2's batch, so only the merge's drain writes it, and that
+// backing write fails.  The merge returns the error having saved no record
+// and written nothing (the live volume reads as before it), the volume
+// takes no more writes, and every crash point of the log keeps the rules:
+// the failed drain leaves journal space it had reserved unused.
+TEST(CrashRewrites, AFailedUndoDrainFailsTheRewriteAndLosesNothing) {
+  for (const char* codec : {"lz4", "zstd:1"}) {
+    SCOPED_TRACE(codec);
+    CrashHarness h;
+    h.Start(Options(CrashConfig{codec, format::MetaMode::kWriteBack}));
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    std::mt19937_64 rng(11);
+    h.Write(2 * kSlotBytes, Data(rng, DataKind::kRandom, kSlotBytes), false);  // stored raw
+    std::thread c2;
+    Status commit_c2;
+    HoldADrainWithACutQueued(h, rng, &c2, &commit_c2);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+    const uint64_t raw_block_off = 2 * kSlotBytes + 3 * kBlockSize;
+    h.Write(raw_block_off, Data(rng, DataKind::kRandom, kBlockSize), false);
+    h.gate().FailWriteAt(h.data_offset() + raw_block_off, EIO);
+
+    const std::vector<uint8_t> whole = Text(rng, kSlotBytes);
+    Status merge_st;
+    std::thread merge;
+    const uint64_t undo_drains =
+        StartAndWaitForUndoDrain(h, &merge, [&] { merge_st = h.TryWrite(0, whole, false); });
+    h.gate().Release();
+    c2.join();
+    merge.join();
+    EXPECT_EQ(undo_drains, 1u) << "the merge did not drain before saving its undo record";
+    EXPECT_EQ(h.gate().faults(), 1u);
+    EXPECT_EQ(merge_st.err(), EIO) << merge_st.ToString();
+    // c2 ends before or after the merge stops the volume.
+    EXPECT_TRUE(commit_c2.ok() || commit_c2.err() == EIO) << commit_c2.ToString();
+    EXPECT_EQ(h.TryWrite(6 * kSlotBytes, Text(rng, kBlockSize), false).err(), EIO)
+        << "writes still taken after the undo drain failed";
+    h.VerifyLive();
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
+
+    // The log ends there, as if the daemon had been killed.
+    ExpectEveryCrashPointKeepsTheRules(h, 11, 50);
   }
 }
 
