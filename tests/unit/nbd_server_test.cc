@@ -96,8 +96,11 @@ class HoleyDevice : public MemDevice {
 class GatedDevice : public MemDevice {
  public:
   using MemDevice::MemDevice;
+  GatedDevice(uint64_t size, uint64_t gate_reads, uint64_t hold_reads)
+      : MemDevice(size), gate_reads_at(gate_reads), hold_reads_at(hold_reads) {}
   Status Read(uint64_t offset, void* buf, size_t len) override {
     if (gate_reads_at == offset) Wait();
+    if (hold_reads_at == offset) Hold();
     return MemDevice::Read(offset, buf, len);
   }
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
@@ -119,7 +122,12 @@ class GatedDevice : public MemDevice {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, 10s, [&] { return entered_ >= n; });
   }
+  bool WaitHeld(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, 10s, [&] { return held_ >= n; });
+  }
   uint64_t gate_reads_at = UINT64_MAX;  // set before serving
+  uint64_t hold_reads_at = UINT64_MAX;  // these wait for Open() alone
   bool gate_writes = false;
 
  private:
@@ -130,9 +138,16 @@ class GatedDevice : public MemDevice {
     cv_.wait(lock, [&] { return open_ || passes_ > 0; });
     if (!open_) passes_--;
   }
+  void Hold() {
+    std::unique_lock<std::mutex> lock(mu_);
+    held_++;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
   std::mutex mu_;
   std::condition_variable cv_;
   int entered_ = 0;
+  int held_ = 0;
   int passes_ = 0;
   bool open_ = false;
 };
@@ -591,21 +606,38 @@ TEST(NbdServerTest, RepliesComeInCompletionOrder) {
 // holds the worker while the client queues the rest behind it, then is let
 // through, and the worker runs on until it blocks in reads[leave_first].
 // The replies of the reads before that one must have left by then, and
-// none after it.
+// none after it.  A read held until the end goes first: as the
+// connection's only request it runs on the reader, and the reads behind it
+// go to the worker.
 struct GatedRead {
   uint64_t offset;
   size_t len;
 };
 
+// A server with one worker over a device that gates reads at offset 0 and
+// holds those at hold_reads_at until Open().
+struct OneWorkerOverGatedReads {
+  explicit OneWorkerOverGatedReads(uint64_t hold_reads_at = UINT64_MAX)
+      : dev(kMiB, 0, hold_reads_at), harness(&dev, OneWorker()), open_at_exit(&dev) {}
+  static NbdServerOptions OneWorker() {
+    NbdServerOptions opts;
+    opts.threads = 1;
+    return opts;
+  }
+  GatedDevice dev;
+  Harness harness;
+  OpenAtExit open_at_exit;  // first to go: nothing stays blocked
+};
+
 void ExpectRepliesBeforeTheSecondGate(const std::vector<GatedRead>& reads, size_t leave_first) {
-  GatedDevice dev(kMiB);
-  dev.gate_reads_at = 0;
-  NbdServerOptions opts;
-  opts.threads = 1;
-  Harness harness(&dev, opts);
-  OpenAtExit open_at_exit(&dev);
-  Nbd h = harness.Connect();
+  OneWorkerOverGatedReads server(kMiB - 4096);
+  GatedDevice& dev = server.dev;
+  Nbd h = server.harness.Connect();
   ASSERT_NE(h, nullptr) << nbd_get_error();
+  Completion held;
+  std::vector<uint8_t> held_buf(4096);
+  ASSERT_GE(nbd_aio_pread(h.get(), held_buf.data(), 4096, kMiB - 4096, Callback(&held), 0), 1);
+  ASSERT_TRUE(dev.WaitHeld(1));
   std::vector<Completion> done(reads.size());
   std::vector<std::vector<uint8_t>> bufs;
   for (const GatedRead& r : reads) bufs.emplace_back(r.len);
@@ -630,9 +662,12 @@ void ExpectRepliesBeforeTheSecondGate(const std::vector<GatedRead>& reads, size_
   ASSERT_TRUE(PollUntil(h.get(), [&] { return done_from(0, leave_first); }));
   ASSERT_TRUE(dev.WaitEntered(2));
   for (size_t i = leave_first; i < reads.size(); i++) EXPECT_FALSE(done[i].done) << "read " << i;
+  EXPECT_FALSE(held.done);
   dev.Open();
-  ASSERT_TRUE(PollUntil(h.get(), [&] { return done_from(leave_first, reads.size()); }));
+  ASSERT_TRUE(
+      PollUntil(h.get(), [&] { return done_from(leave_first, reads.size()) && held.done; }));
   for (const Completion& c : done) EXPECT_EQ(c.error, 0);
+  EXPECT_EQ(held.error, 0);
 }
 
 // Replies wait for the connection's queued requests to start (so a client
@@ -648,6 +683,40 @@ TEST(NbdServerTest, HeldRepliesLeaveWhenTheLastQueuedRequestStarts) {
 // queued behind the gated one.
 TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
   ExpectRepliesBeforeTheSecondGate({{0, 4096}, {65536, 65536}, {0, 4096}, {8192, 4096}}, 2);
+}
+
+// A connection's only request runs on its reader, not on a worker: with
+// the one worker blocked, another client's read still completes.
+TEST(NbdServerTest, ALoneRequestNeedsNoWorker) {
+  OneWorkerOverGatedReads server;
+  GatedDevice& dev = server.dev;
+  Harness& harness = server.harness;
+  Nbd a = harness.Connect();
+  ASSERT_NE(a, nullptr) << nbd_get_error();
+  std::vector<std::vector<uint8_t>> bufs(2, std::vector<uint8_t>(4096));
+  std::vector<Completion> done(2);
+  // The first runs on a's reader; the second, read by the standby while
+  // the first is blocked, on the worker.
+  ASSERT_GE(nbd_aio_pread(a.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
+  ASSERT_TRUE(dev.WaitEntered(1));
+  ASSERT_GE(nbd_aio_pread(a.get(), bufs[1].data(), 4096, 0, Callback(&done[1]), 0), 1);
+  ASSERT_TRUE(dev.WaitEntered(2));
+
+  Nbd b = harness.Connect();
+  ASSERT_NE(b, nullptr) << nbd_get_error();
+  const auto data = RandomBytes(4096, 3);
+  Completion write_b, read_b;
+  ASSERT_GE(nbd_aio_pwrite(b.get(), data.data(), 4096, 8192, Callback(&write_b), 0), 1);
+  ASSERT_TRUE(PollUntil(b.get(), [&] { return write_b.done; }));
+  std::vector<uint8_t> back(4096);
+  ASSERT_GE(nbd_aio_pread(b.get(), back.data(), 4096, 8192, Callback(&read_b), 0), 1);
+  ASSERT_TRUE(PollUntil(b.get(), [&] { return read_b.done; }));
+  EXPECT_EQ(write_b.error, 0);
+  EXPECT_EQ(read_b.error, 0);
+  EXPECT_EQ(back, data);
+  EXPECT_FALSE(done[0].done || done[1].done);
+  dev.Open();
+  ASSERT_TRUE(PollUntil(a.get(), [&] { return done[0].done && done[1].done; }));
 }
 
 TEST(NbdServerTest, ConnectionsShareTheDevice) {
@@ -927,6 +996,29 @@ TEST(NbdServerTest, SurvivesMalformedRequests) {
     // Garbage instead of a request header.  The server may close before the
     // client has sent it all, so the send itself may fail.
     (void)c.Bytes(RandomBytes(100000, 5)).Flush();
+    EXPECT_TRUE(c.ClosedByServer());
+  }
+  harness.ExpectHealthy();
+}
+
+// A malformed request behind one the reader runs itself is read by the
+// standby, and ends the connection once that request has been answered.
+TEST(NbdServerTest, AMalformedRequestBehindALoneOneClosesAfterItsReply) {
+  GatedDevice dev(kMiB);
+  dev.gate_reads_at = 0;
+  Harness harness(&dev);
+  OpenAtExit open_at_exit(&dev);
+  {
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    ASSERT_TRUE(c.Request(0, nbd::kCmdRead, 1, 0, 4096).Flush());
+    ASSERT_TRUE(dev.WaitEntered(1));
+    ASSERT_TRUE(c.U32(0xdeadbeef).U16(0).U16(0).U64(2).U64(0).U32(512).Flush());  // bad magic
+    std::this_thread::sleep_for(50ms);  // for the standby to read it
+    dev.Open();
+    EXPECT_EQ(c.ReadSimpleReply(1), 0u);
+    std::vector<uint8_t> data;
+    ASSERT_TRUE(c.Read(4096, &data));
     EXPECT_TRUE(c.ClosedByServer());
   }
   harness.ExpectHealthy();
