@@ -423,16 +423,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // connection is in flight or received runs on the reader thread itself:
   // handing it to a worker costs a wake-up and two context switches, the
   // largest share of a request at queue depth 1 (lz4 4 KiB random reads
-  // 16.3-16.8k -> 18.5-18.7k IOPS, docs/design.md).  Meanwhile nobody would read the
-  // socket, and a slow request (a device stall, a write waiting for a
-  // drain) would hold up whatever the client pipelines behind it; so the
-  // reader gives the role up (kFree) and arms a one-shot watch on the
-  // socket, and if the client sends more before the request is done, the
-  // standby thread takes the role, reads what arrived, hands it to the
-  // pool and gives the role back.  The reader disarms the watch when its
-  // request is done and waits for the role.  Whoever holds it (kReader:
-  // the reader; kStandby: the standby) alone touches rbuf_ and its state;
-  // role_mu_ orders the hand-overs.
+  // 16.3-16.8k -> 18.5-18.7k IOPS, docs/design.md).  Meanwhile nobody
+  // would read the socket, and a slow request (a device stall, a write
+  // waiting for a drain) would hold up whatever the client pipelines
+  // behind it; so the reader gives the role up (kFree) and arms a
+  // one-shot watch on the socket, and if the client sends more before the
+  // request is done, the standby thread takes the role, reads what
+  // arrived, hands it to the pool and gives the role back.  The reader
+  // disarms the watch when its request is done and waits for the role.
+  // Whoever holds it (kReader: the reader; kStandby: the standby) alone
+  // touches rbuf_ and its state; role_mu_ orders the hand-overs.
   enum class ReadRole { kReader, kFree, kStandby };
   std::mutex role_mu_;
   std::condition_variable role_cv_;
