@@ -7,14 +7,16 @@
 // to 256 KiB; larger payloads are received straight into their buffer);
 // requests run on a worker pool shared by all connections (`threads`
 // workers) and are answered in completion order, not request order, as the
-// protocol allows.  A connection's only request in flight runs on its
-// reader instead (a hand-over costs a wake-up and two context switches);
-// meanwhile a standby thread of the connection, woken by a one-shot epoll
-// watch, reads whatever the client sends behind it and hands that to the
-// pool, so a slow lone request holds nothing up.  Payload buffers come from nbd::BufferPool.
-// Replies of one connection are written by whichever worker holds that connection's send role: a
-// worker that finds another one writing leaves its reply in the queue and returns to the pool, so a
-// slow client occupies at most one worker at a time.
+// protocol allows.  A read that is its connection's only request in flight
+// runs on the reader instead (a hand-over costs a wake-up and two context
+// switches), on at most as many connections at a time as there are CPUs
+// (at least 2); meanwhile a standby thread of the connection, woken by a
+// one-shot epoll watch, reads whatever the client sends behind it and
+// hands that to the pool, so a slow lone read holds nothing up.  Payload
+// buffers come from nbd::BufferPool.  Replies of one connection are
+// written by whichever worker holds that connection's send role: a worker
+// that finds another one writing leaves its reply in the queue and returns
+// to the pool, so a slow client occupies at most one worker at a time.
 //
 // Bounds.  A connection may have at most `max_inflight_bytes` of request
 // and reply payload (plus a small charge per request) in flight; its reader
