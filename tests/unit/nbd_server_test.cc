@@ -693,12 +693,11 @@ TEST(NbdServerTest, ALoneReadNeedsNoWorker) {
   Harness& harness = server.harness;
   Nbd a = harness.Connect();
   ASSERT_NE(a, nullptr) << nbd_get_error();
-  const auto data = RandomBytes(4096, 3);
-  ASSERT_EQ(nbd_pwrite(a.get(), data.data(), data.size(), 8192, 0), 0) << nbd_get_error();
   std::vector<std::vector<uint8_t>> bufs(2, std::vector<uint8_t>(4096));
   std::vector<Completion> done(2);
-  // The first runs on a's reader; the second, read by the standby while
-  // the first is blocked, on the worker.
+  // The first runs on a's reader (a's first request, so surely alone: a
+  // reply leaves before its request stops counting as in flight); the
+  // second, read by the standby while the first is blocked, on the worker.
   ASSERT_GE(nbd_aio_pread(a.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
   ASSERT_TRUE(dev.WaitEntered(1));
   ASSERT_GE(nbd_aio_pread(a.get(), bufs[1].data(), 4096, 0, Callback(&done[1]), 0), 1);
@@ -707,11 +706,11 @@ TEST(NbdServerTest, ALoneReadNeedsNoWorker) {
   Nbd b = harness.Connect();
   ASSERT_NE(b, nullptr) << nbd_get_error();
   Completion read_b;
-  std::vector<uint8_t> back(4096);
+  std::vector<uint8_t> back(4096, 0xaa);
   ASSERT_GE(nbd_aio_pread(b.get(), back.data(), 4096, 8192, Callback(&read_b), 0), 1);
   ASSERT_TRUE(PollUntil(b.get(), [&] { return read_b.done; }));
   EXPECT_EQ(read_b.error, 0);
-  EXPECT_EQ(back, data);
+  EXPECT_EQ(back, std::vector<uint8_t>(4096, 0));
   EXPECT_FALSE(done[0].done || done[1].done);
   dev.Open();
   ASSERT_TRUE(PollUntil(a.get(), [&] { return done[0].done && done[1].done; }));
