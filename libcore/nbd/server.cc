@@ -397,6 +397,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Reads one request; a request the server rejects is answered at once.
   enum class Read { kJob, kReplied, kClose };
   Read ReadRequest(Job* job);
+  // Hands a request to the worker pool.
+  void Dispatch(Job job);
   // No request of this connection is in flight but the one just read.
   bool Alone();
   // The reader may run reads itself: it holds one of the server's permits
@@ -774,10 +776,14 @@ void Connection::Transmit() {
       if (!RunWithStandby(job)) break;
       continue;
     }
-    queued_.fetch_add(1);
-    server_.Submit(std::move(job));
+    Dispatch(std::move(job));
   }
   StopStandby();
+}
+
+void Connection::Dispatch(Job job) {
+  queued_.fetch_add(1);
+  server_.Submit(std::move(job));
 }
 
 Connection::Read Connection::ReadRequest(Job* job) {
@@ -892,8 +898,7 @@ bool Connection::RunWithStandby(Job& job) {
       // Nobody would read meanwhile: hand the request over after all.
       role_ = ReadRole::kReader;
       running_inline_ = false;
-      queued_.fetch_add(1);
-      server_.Submit(std::move(job));
+      Dispatch(std::move(job));
       return true;
     }
   }
@@ -910,7 +915,10 @@ void Connection::Standby() {
   for (;;) {
     epoll_event ev[2];
     const int n = ::epoll_wait(watch_fd_.get(), ev, 2, -1);
-    if (n < 0 && errno != EINTR) return;
+    if (n < 0) {
+      if (errno == EINTR) continue;  // no event: the role is not the standby's to take
+      return;
+    }
     for (int i = 0; i < n; i++) {
       if (ev[i].data.fd == wake_fd_.get()) return;
     }
@@ -926,8 +934,7 @@ void Connection::Standby() {
       if (read == Read::kClose) {
         close = true;
       } else if (read == Read::kJob) {
-        queued_.fetch_add(1);
-        server_.Submit(std::move(job));
+        Dispatch(std::move(job));
       }
     } while (!close && Buffered());
     std::lock_guard<std::mutex> lock(role_mu_);
