@@ -194,6 +194,7 @@ run_fio() {
 }
 
 server_cpu() { if [[ -n $SERVER_PID ]]; then proc_cpu_s "$SERVER_PID"; fi; }
+server_minflt() { if [[ -n $SERVER_PID ]]; then proc_minflt "$SERVER_PID"; fi; }
 
 fill_target() {
   local t0 t1
@@ -206,19 +207,21 @@ fill_target() {
 
 # One fio run of one cell; appends a row to results.csv.
 run_cell() {
-  local name=$1 round=$2 wl=$3 depth=$4 conns=$5 cpu0 cpu1
+  local name=$1 round=$2 wl=$3 depth=$4 conns=$5 cpu0 cpu1 flt0 flt1
   local iops mbps rbytes wbytes p99 ccpu
   workload_args "$wl"
   layout_args "$conns"
   cpu0=$(server_cpu)
+  flt0=$(server_minflt)
   run_fio "$WORK/run.json" "${WL_ARGS[@]}" "${LAYOUT[@]}" --iodepth="$depth" --time_based \
     --runtime="$BENCH_SECONDS" --norandommap
   cpu1=$(server_cpu)
+  flt1=$(server_minflt)
   sample_anon
   read -r iops mbps rbytes wbytes p99 ccpu < <(report fio-summary "$WORK/run.json")
   csv_row "$round" "$name" "$wl" "$depth" "$conns" "$BENCH_SECONDS" "$iops" "$mbps" "$rbytes" \
     "$wbytes" "$p99" "${cpu1:+$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {printf "%.2f", b - a}')}" \
-    "$ccpu" >>"$OUT/results.csv"
+    "$ccpu" "${flt1:+$((flt1 - flt0))}" >>"$OUT/results.csv"
   log "  $name $wl qd$depth ${conns}c: $iops IOPS, $mbps MB/s"
 }
 
@@ -256,7 +259,7 @@ run_target_round() {
 
 run_matrix() {
   local round name
-  echo "round,target,workload,depth,conns,seconds,iops,mbps,read_bytes,write_bytes,p99_us,server_cpu_s,client_cpu_s" \
+  echo "round,target,workload,depth,conns,seconds,iops,mbps,read_bytes,write_bytes,p99_us,server_cpu_s,client_cpu_s,server_minflt" \
     >"$OUT/results.csv"
   echo "round,target,note,fresh,fill_s,fill_mbps,peak_rss_kib,peak_anon_kib,server_cpu_s,logical_bytes,payload_bytes,meta_bytes,compression_ratio,alloc_bytes" \
     >"$OUT/targets.csv"

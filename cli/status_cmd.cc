@@ -193,6 +193,9 @@ void PrintText(const json& r) {
     connections += " (" + Count(srv("connections_total")) + " since start)";
   }
   line("connections:", connections);
+  if (srv("inline_readers").is_number_unsigned()) {
+    line("inline readers:", Count(srv("inline_readers")));
+  }
   line("requests in flight:", Count(srv("requests_in_flight")));
   line("requests total:", Count(srv("requests_total")));
   line("read since start:", Bytes(srv("bytes_read")));

@@ -13,8 +13,9 @@
 // Control protocol (a Unix socket, mode 0600, given with --control): the
 // client sends one line, the daemon answers one JSON object and closes.
 //   status   {"device", "export", "read_only", "split_extents", "fit_units", "listen",
-//             "superblock", "volume", "server": {connections, requests_in_flight,
-//             requests_total, bytes_read, bytes_written, uptime_s}}
+//             "superblock", "volume", "server": {connections, connections_total,
+//             inline_readers, requests_in_flight, requests_total, bytes_read,
+//             bytes_written, uptime_s}}
 //   other    {"error": "..."}
 // The field names are an interface (`insitu status` reads them).
 //
@@ -408,6 +409,7 @@ int Main(int argc, char** argv) {
                           {"server",
                            {{"connections", c.connections},
                             {"connections_total", c.connections_total},
+                            {"inline_readers", c.inline_readers},
                             {"requests_in_flight", c.requests_in_flight},
                             {"requests_total", c.requests_total},
                             {"bytes_read", c.bytes_read},

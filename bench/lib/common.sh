@@ -84,6 +84,10 @@ proc_cpu_s() {
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
 
+# Minor page faults of process $1 so far (its threads', reaped ones too):
+# the mapped page cache faults in as reads first touch it.
+proc_minflt() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $8}'; }
+
 # R, S, D, Z, ... or nothing once the process is gone (bash reaps its
 # exited children by itself, so a server that has exited is usually gone).
 proc_state() {

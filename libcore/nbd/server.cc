@@ -1384,6 +1384,7 @@ NbdServerCounters NbdServer::Counters() const {
   NbdServerCounters c;
   c.connections = s.connections.load();
   c.connections_total = s.connections_total.load();
+  c.inline_readers = s.inline_readers.load();
   c.requests_in_flight = s.in_flight.load();
   c.requests_total = s.requests_total.load();
   c.bytes_read = s.bytes_read.load();

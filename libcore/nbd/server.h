@@ -96,6 +96,9 @@ struct NbdServerOptions {
 struct NbdServerCounters {
   uint64_t connections = 0;  // open now
   uint64_t connections_total = 0;
+  // connections whose reader runs their lone reads itself, each with a
+  // standby thread (at most max(2, usable CPUs); kept until they close)
+  uint64_t inline_readers = 0;
   uint64_t requests_in_flight = 0;
   uint64_t requests_total = 0;  // requests received, including rejected ones
   uint64_t bytes_read = 0;      // bytes clients read (successful NBD_CMD_READ)

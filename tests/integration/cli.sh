@@ -183,13 +183,14 @@ reply='{"device":"file:/v.img","export":"","superblock":{"uuid":"u","codec":"zst
 "volume":{"logical_bytes_written":1073741824,"payload_bytes_written":1000,
 "meta_bytes_written":8192,"blocks_compressed":300,"blocks_raw":10,"blocks_unwritten":14,
 "payload_sectors":600,"data_blocks":324,"read_errors":0,"compression_ratio":4.0},
-"server":{"connections":2,"requests_in_flight":1,"requests_total":77,"uptime_s":3661}}'
+"server":{"connections":2,"inline_readers":1,"requests_in_flight":1,"requests_total":77,"uptime_s":3661}}'
 fake_daemon "$reply"
 expect 0 "$INSITU" status "$WORK/fake.ctl"
 grep -qE '^compression: +zstd:3$' "$OUT" || fail "status: no compression line"
 grep -qE '^compression ratio: +4\.00$' "$OUT" || fail "status: ratio not shown with 2 decimals"
 grep -qE '^logical written: +1 GiB$' "$OUT" || fail "status: bytes not humanized"
 grep -qE '^connections: +2$' "$OUT" || fail "status: no connections line"
+grep -qE '^inline readers: +1$' "$OUT" || fail "status: no inline readers line"
 grep -qE '^uptime: +1h 1m 1s$' "$OUT" || fail "status: uptime not humanized"
 fake_daemon "$reply"
 expect 0 "$INSITU" status --json "$WORK/fake.ctl"

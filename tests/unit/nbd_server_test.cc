@@ -2,14 +2,17 @@
 // sends what no well-behaved client would.
 #include "libcore/nbd/server.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <libnbd.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -712,8 +715,73 @@ TEST(NbdServerTest, ALoneReadNeedsNoWorker) {
   EXPECT_EQ(read_b.error, 0);
   EXPECT_EQ(back, std::vector<uint8_t>(4096, 0));
   EXPECT_FALSE(done[0].done || done[1].done);
+  EXPECT_EQ(harness.server.Counters().inline_readers, 2u);
   dev.Open();
   ASSERT_TRUE(PollUntil(a.get(), [&] { return done[0].done && done[1].done; }));
+}
+
+// While it lives, the process can open no descriptor: the soft
+// RLIMIT_NOFILE sits just above the highest one open, and the free numbers
+// below it are taken (by /dev/null) until the destructor gives them back.
+class NoNewDescriptors {
+ public:
+  NoNewDescriptors() {
+    int highest = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+      highest = std::max(highest, std::stoi(e.path().filename().string()));
+    }
+    EXPECT_EQ(::getrlimit(RLIMIT_NOFILE, &saved_), 0);
+    rlimit low = saved_;
+    low.rlim_cur = static_cast<rlim_t>(highest) + 1;
+    EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+    for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) taken_.push_back(fd);
+    EXPECT_EQ(errno, EMFILE);
+  }
+  NoNewDescriptors(const NoNewDescriptors&) = delete;
+  NoNewDescriptors& operator=(const NoNewDescriptors&) = delete;
+  ~NoNewDescriptors() {
+    for (int fd : taken_) ::close(fd);
+    EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved_), 0);
+  }
+
+ private:
+  rlimit saved_{};
+  std::vector<int> taken_;
+};
+
+// A reader that cannot set up its standby (no descriptors for its epoll
+// and eventfd) hands its lone read to the pool and goes on reading: a
+// second read completes while the first is held in the device.  Run on
+// the reader without a standby, the first would keep the second unread.
+TEST(NbdServerTest, ALoneReadWithoutAStandbyGoesToThePool) {
+  GatedDevice dev(kMiB);
+  dev.gate_reads_at = 0;
+  NbdServerOptions opts;
+  opts.threads = 2;
+  Harness harness(&dev, opts);
+  OpenAtExit open_at_exit(&dev);
+  Nbd h = harness.Connect();
+  ASSERT_NE(h, nullptr) << nbd_get_error();
+  std::vector<std::vector<uint8_t>> bufs(2, std::vector<uint8_t>(4096, 0xaa));
+  std::vector<Completion> done(2);
+  {
+    NoNewDescriptors no_fds;
+    ASSERT_GE(nbd_aio_pread(h.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
+    ASSERT_TRUE(dev.WaitEntered(1));
+    ASSERT_GE(nbd_aio_pread(h.get(), bufs[1].data(), 4096, 8192, Callback(&done[1]), 0), 1);
+    ASSERT_TRUE(PollUntil(h.get(), [&] { return done[1].done; }));
+    EXPECT_EQ(done[1].error, 0);
+    EXPECT_FALSE(done[0].done);
+    EXPECT_EQ(harness.server.Counters().inline_readers, 0u);  // the permit was given back
+  }
+  dev.Open();
+  ASSERT_TRUE(PollUntil(h.get(), [&] { return done[0].done; }));
+  EXPECT_EQ(done[0].error, 0);
+  EXPECT_EQ(bufs, std::vector<std::vector<uint8_t>>(2, std::vector<uint8_t>(4096, 0)));
+  // With descriptors back, the connection still serves; so does a new one.
+  std::vector<uint8_t> back(4096, 0xaa);
+  EXPECT_EQ(nbd_pread(h.get(), back.data(), back.size(), 4096, 0), 0) << nbd_get_error();
+  harness.ExpectHealthy();
 }
 
 TEST(NbdServerTest, ConnectionsShareTheDevice) {
