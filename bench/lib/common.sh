@@ -76,23 +76,26 @@ bytes_of() { numfmt --from=iec "$1"; }  # 1G -> 1073741824
 
 now() { date +%s.%N; }
 
+# /proc/$1/stat from field 3 (state) on: field 2 (comm) may hold spaces,
+# so everything up to its closing ')' goes.  Field N of proc(5) is $((N-2)).
+proc_stat_fields() { sed 's/^.*) //' "/proc/$1/stat"; }
+
 # utime + stime of a process in seconds (all its threads).
 proc_cpu_s() {
   local ticks
-  # Field 2 (comm) may hold spaces: cut everything up to its closing ')'.
-  ticks=$(sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}')
+  ticks=$(proc_stat_fields "$1" | awk '{print $12 + $13}')
   awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}'
 }
 
 # Minor page faults of process $1 so far (its threads', reaped ones too):
 # the mapped page cache faults in as reads first touch it.
-proc_minflt() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $8}'; }
+proc_minflt() { proc_stat_fields "$1" | awk '{print $8}'; }
 
 # R, S, D, Z, ... or nothing once the process is gone (bash reaps its
 # exited children by itself, so a server that has exited is usually gone).
 proc_state() {
   local stat
-  stat=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=$(proc_stat_fields "$1" 2>/dev/null) || return 0
   echo "${stat%% *}"
 }
 

@@ -341,6 +341,7 @@ class NbdServer::Impl {
     }
     return false;
   }
+  void ReturnInlinePermit() { inline_readers--; }
   std::atomic<unsigned> inline_readers{0};
   unsigned max_inline_readers = 2;
 
@@ -844,7 +845,9 @@ bool Connection::CanRunInline() {
   if (standby_.joinable()) return true;
   if (inline_refused_ || !server_.TakeInlinePermit()) return false;
   if (StartStandby()) return true;
-  server_.inline_readers--;
+  watch_fd_.Reset();  // what did open goes back at once
+  wake_fd_.Reset();
+  server_.ReturnInlinePermit();
   inline_refused_ = true;  // out of descriptors or threads: do not retry
   return false;
 }
@@ -876,7 +879,7 @@ void Connection::StopStandby() {
   const uint64_t one = 1;
   [[maybe_unused]] ssize_t n = ::write(wake_fd_.get(), &one, sizeof(one));
   standby_.join();
-  server_.inline_readers--;
+  server_.ReturnInlinePermit();
 }
 
 // epoll always reports a hang-up or an error, whatever the mask; with
