@@ -19,8 +19,9 @@ namespace insitu::cli {
 
 struct FormatArgs {
   std::string target;
-  std::optional<uint64_t> size;  // set: create or resize the target file
-  FormatOptions options;         // codec, metadata mode, extent size
+  std::optional<uint64_t> size;            // set: create or resize the target file
+  FormatOptions options;                   // codec, metadata mode, extent and segment size
+  std::optional<uint32_t> segment_blocks;  // unset: DefaultSegmentBlocks()
   bool force = false;
   bool quiet = false;
 };

@@ -113,6 +113,20 @@ def sealed_payload(comp, codec, nblocks, head_block, seq=1):
     return comp.ljust(sectors * 512 - 32, b"\0") + trailer
 
 
+def sealed_segments(segments, codec, nblocks, segment_blocks, head_block, seq=1):
+    index, end = b"", 0
+    for seg in segments:
+        end += len(seg)
+        index += struct.pack("<II", end, crc32c(seg))
+    index += struct.pack("<HH", segment_blocks, len(segments))
+    comp = b"".join(segments) + index
+    sectors = -(-(len(comp) + 32) // 512)
+    trailer = struct.pack("<IBBHIIQQ", 0x4C505349, 2, codec, nblocks, len(comp), 0, head_block, seq)
+    value = crc32c(trailer, crc32c(index))
+    trailer = trailer[:12] + struct.pack("<I", value) + trailer[16:]
+    return comp.ljust(sectors * 512 - 32, b"\0") + trailer
+
+
 def raw_deflate(data):
     c = zlib.compressobj(6, zlib.DEFLATED, -15)
     return c.compress(data) + c.flush()
@@ -159,6 +173,14 @@ for codec, name in enumerate(("none", "lzo", "zlib", "zstd", "lz4")):
 write("payload_fuzz", "deflate-stream", bytes([2, 1, 1]) + raw_deflate(text(2 * BLOCK)))
 write("payload_fuzz", "sealed-deflate",
       bytes([2, 0, 1]) + sealed_payload(raw_deflate(text(2 * BLOCK)), 2, 2, 4096))
+# Mode 3 also segments the text: cut byte 16 is segments of 2 blocks, 32 of 4.
+for codec, name in ((1, "lzo"), (4, "lz4")):
+    for cut in (16, 32):
+        write("payload_fuzz", "segments%d-%s" % (cut // 8, name),
+              bytes([codec, 3, 7, 0, 0, 0, cut]) + text(6 * BLOCK))
+write("payload_fuzz", "sealed-deflate-segments",
+      bytes([2, 0, 7]) +
+      sealed_segments([raw_deflate(text(2 * BLOCK)) for _ in range(4)], 2, 8, 2, 4096))
 
 # volume_open_fuzz: [control][region, offset u32, length, bytes]...
 for image in range(8):

@@ -1,26 +1,33 @@
-// Fuzzes OpenPayload() and every codec's Decompress(): what a read does
-// with the bytes it finds at an extent's place.
+// Fuzzes OpenPayload(), DecodePayload() and every codec's Decompress():
+// what a read does with the bytes it finds at an extent's place.
 //
 // Input: [codec][control][extent blocks - 1][body]
 //   codec % 5 is the CodecId; the extent has 1 + (byte % 32) blocks.
 //   control & 3 picks what the body is:
 //     0: a whole payload as read from disk, trailer included; it must pass
-//        OpenPayload() before it is decompressed, as on the read path;
+//        OpenPayload() before it is decoded, as on the read path;
 //     1: compressed bytes, sealed with a correct trailer, so that arbitrary
 //        streams reach the decompressor;
 //     2, 3: [position u16 LE][xor][cut][plain text]: the text (zero padded
 //        to the extent) is compressed with the codec, then the byte at
 //        position is xored and `cut % 8` bytes are cut from the end, so
-//        damaged but realistic streams of every codec are tried.
+//        damaged but realistic streams of every codec are tried.  Mode 3
+//        also makes a segmented payload of the text (segments of
+//        1 << (cut % 5) blocks), xors the byte at position of it, and opens
+//        and decodes it as a read does.
 //
 //   control >> 2 sets the prefix a partial read decodes:
-//   ((control >> 2) + 1) * 2 KiB bytes, at most the extent.
+//   ((control >> 2) + 1) * 2 KiB bytes, at most the extent; for payloads
+//   decoded through DecodePayload(), the blocks of a read that ends there
+//   and starts halfway to it.
 //
 // Checks: a sealed payload always opens; an undamaged stream decompresses
-// to its text, and its prefix alone to the text's prefix; whatever
-// decompresses recompresses and round-trips; no decompressor, whole or
-// prefix, writes past the extent (the libraries are not instrumented, so a
-// guard zone after the output stands in for the sanitizer).
+// to its text, and its prefix alone to the text's prefix; an undamaged
+// segmented payload decodes to its text, whole and in part; whatever
+// decompresses recompresses and round-trips; no decompressor or
+// DecodePayload(), whole or part, writes past its output (the libraries
+// are not instrumented, so a guard zone after the output stands in for the
+// sanitizer).
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -28,6 +35,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "libcore/codec.h"
@@ -110,6 +118,66 @@ void CheckRoundTrip(const insitu::Codec& codec, const std::vector<uint8_t>& text
   Require(back == text, "round trip changes the data");
 }
 
+// Decodes blocks [first, first+count) of an opened payload into a buffer
+// followed by a guard zone, as a read does; the decoded bytes go to *out.
+bool DecodeBlocks(const insitu::Codec& codec, const uint8_t* payload,
+                  const insitu::PayloadLayout& layout, uint32_t first, uint32_t count,
+                  std::vector<uint8_t>* out) {
+  const size_t bytes = size_t{count} * kBlockSize;
+  std::vector<uint8_t> buf(bytes + kGuard, kGuardByte);
+  std::vector<uint8_t> scratch(size_t{layout.trailer.nblocks} * kBlockSize + kGuard, kGuardByte);
+  const bool ok =
+      insitu::DecodePayload(codec, payload, layout, first, count, buf.data(), scratch.data()).ok();
+  for (size_t i = bytes; i < buf.size(); ++i) {
+    Require(buf[i] == kGuardByte, "DecodePayload wrote past the end of its output");
+  }
+  for (size_t i = scratch.size() - kGuard; i < scratch.size(); ++i) {
+    Require(scratch[i] == kGuardByte, "DecodePayload wrote past the end of its scratch");
+  }
+  buf.resize(bytes);
+  *out = std::move(buf);
+  return ok;
+}
+
+// The blocks of a partial read, from g_prefix_want: [first, first+count).
+void ReadRange(uint16_t nblocks, uint32_t* first, uint32_t* count) {
+  const size_t want =
+      g_prefix_want < size_t{nblocks} * kBlockSize ? g_prefix_want : size_t{nblocks} * kBlockSize;
+  const auto end = static_cast<uint32_t>((want + kBlockSize - 1) / kBlockSize);
+  *first = end / 2;
+  *count = end - *first;
+}
+
+// Opens a payload as a read does and decodes it whole and in part.
+// Returns whether it opened and decoded whole; *out is the extent then.
+bool OpenAndDecode(const insitu::Codec& codec, const std::vector<uint8_t>& payload,
+                   uint16_t nblocks, std::vector<uint8_t>* out) {
+  const auto sectors = static_cast<uint32_t>(payload.size() / kSectorSize);
+  insitu::PayloadLayout layout;
+  if (!insitu::OpenPayload(payload.data(), sectors, {kHeadBlock, nblocks, codec.id()}, &layout)
+           .ok()) {
+    return false;
+  }
+  Require(layout.trailer.comp_len <= payload.size() - sizeof(PayloadTrailer),
+          "trailer length past payload");
+  Require(layout.segments >= 1 && layout.segments <= nblocks, "segment count out of range");
+  Require(layout.index[layout.segments - 1].end <= layout.trailer.comp_len,
+          "segments past the compressed length");
+  uint32_t first, count;
+  ReadRange(nblocks, &first, &count);
+  std::vector<uint8_t> part;
+  const bool part_ok = DecodeBlocks(codec, payload.data(), layout, first, count, &part);
+  if (!DecodeBlocks(codec, payload.data(), layout, 0, nblocks, out)) return false;
+  // A segmented payload's segments are checked before they are decoded,
+  // so what decodes whole also decodes in part, to the same bytes.
+  if (layout.segment_crcs) {
+    Require(part_ok, "a payload that decodes whole fails to decode in part");
+    Require(std::memcmp(part.data(), out->data() + size_t{first} * kBlockSize, part.size()) == 0,
+            "a part differs from the whole");
+  }
+  return true;
+}
+
 // Seals comp_len compressed bytes as the volume writes them, opens the
 // payload as a read does, and decompresses it.
 bool SealOpenDecompress(const insitu::Codec& codec, const uint8_t* comp, uint32_t comp_len,
@@ -118,13 +186,35 @@ bool SealOpenDecompress(const insitu::Codec& codec, const uint8_t* comp, uint32_
   std::vector<uint8_t> payload(size_t{sectors} * kSectorSize);
   std::memcpy(payload.data(), comp, comp_len);
   const insitu::PayloadIdentity id{kHeadBlock, nblocks, codec.id()};
-  insitu::SealPayload(payload.data(), comp_len, sectors, id, 1);
-  PayloadTrailer trailer;
-  Require(insitu::OpenPayload(payload.data(), sectors, id, &trailer).ok(),
+  insitu::SealPayload(payload.data(), comp_len, sectors, id, 0, 1);
+  insitu::PayloadLayout layout;
+  Require(insitu::OpenPayload(payload.data(), sectors, id, &layout).ok(),
           "a sealed payload does not open");
-  Require(trailer.comp_len == comp_len, "trailer length differs from the sealed one");
+  Require(layout.trailer.comp_len == comp_len, "trailer length differs from the sealed one");
   return Decompress(codec, payload.data(), comp_len, size_t{nblocks} * kBlockSize, stream_valid,
                     out);
+}
+
+// Compresses text into a segmented payload as the volume writes one, xors
+// the byte at `position`, and opens and decodes it.  Undamaged, it must
+// decode to the text.
+void SegmentedPayload(const insitu::Codec& codec, const std::vector<uint8_t>& text,
+                      uint16_t nblocks, uint32_t segment_blocks, size_t position, uint8_t flip) {
+  std::vector<uint8_t> comp(text.size());
+  const size_t cap = text.size() - kSectorSize - sizeof(PayloadTrailer);
+  const size_t len =
+      insitu::CompressPayload(codec, text.data(), nblocks, segment_blocks, comp.data(), cap);
+  if (len == 0) return;  // stored raw
+  Require(len <= cap, "CompressPayload overran its cap");
+  const uint32_t sectors = insitu::format::PayloadSectors(static_cast<uint32_t>(len));
+  std::vector<uint8_t> payload(size_t{sectors} * kSectorSize);
+  std::memcpy(payload.data(), comp.data(), len);
+  insitu::SealPayload(payload.data(), static_cast<uint32_t>(len), sectors,
+                      {kHeadBlock, nblocks, codec.id()}, segment_blocks, 1);
+  payload[position % payload.size()] ^= flip;
+  std::vector<uint8_t> out;
+  const bool ok = OpenAndDecode(codec, payload, nblocks, &out);
+  if (flip == 0) Require(ok && out == text, "an undamaged segmented payload does not decode");
 }
 
 }  // namespace
@@ -147,15 +237,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (sectors == 0 || sectors > nblocks * insitu::format::kSectorsPerBlock) return 0;
     std::vector<uint8_t> payload(size_t{sectors} * kSectorSize);
     std::memcpy(payload.data(), data, size);
-    PayloadTrailer trailer;
-    if (!insitu::OpenPayload(payload.data(), sectors, {kHeadBlock, nblocks, codec.id()}, &trailer)
-             .ok()) {
-      return 0;
-    }
-    Require(trailer.comp_len <= payload.size() - sizeof(trailer), "trailer length past payload");
-    if (Decompress(codec, payload.data(), trailer.comp_len, extent_bytes, false, &out)) {
-      CheckRoundTrip(codec, out);
-    }
+    if (OpenAndDecode(codec, payload, nblocks, &out)) CheckRoundTrip(codec, out);
   } else if (mode == 1) {
     if (size > max_comp) return 0;
     if (SealOpenDecompress(codec, data, static_cast<uint32_t>(size), nblocks, false, &out)) {
@@ -177,6 +259,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                                        flip == 0 && cut == 0, &out);
     if (flip == 0 && cut == 0) {
       Require(ok && out == text, "an undamaged stream does not decompress to its text");
+    }
+    if (mode == 3) {
+      SegmentedPayload(codec, text, nblocks, uint32_t{1} << (data[3] % 5), position, flip);
     }
   }
   return 0;

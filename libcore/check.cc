@@ -706,7 +706,8 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
   for (uint32_t end = 1; end <= n * format::kSectorsPerBlock; ++end) {
     format::PayloadTrailer t;
     std::memcpy(&t, data + size_t{end} * kSectorSize - sizeof(t), sizeof(t));
-    if (t.magic != format::kPayloadMagic || t.version != format::kPayloadVersion ||
+    if (t.magic != format::kPayloadMagic ||
+        (t.version != format::kPayloadVersion && t.version != format::kPayloadVersionSegmented) ||
         t.codec != sb_.codec || t.head_block < slot_first || t.head_block - slot_first >= n ||
         t.nblocks == 0 || t.nblocks > n - (t.head_block - slot_first) ||
         t.comp_len > format::kMaxExtentBlocks * kBlockSize) {
@@ -730,12 +731,9 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
     c.write_seq = t.write_seq;
     const uint8_t* payload = data + size_t{end - c.sectors} * kSectorSize;
     format::PayloadTrailer verified;
-    c.intact =
-        OpenPayload(payload, c.sectors, {t.head_block, t.nblocks, codec_->id()}, &verified).ok() &&
-        codec_
-            ->Decompress(payload, verified.comp_len, extent_buf_.data(),
-                         size_t{c.nblocks} * kBlockSize)
-            .ok();
+    c.intact = VerifyPayload(*codec_, payload, c.sectors, {t.head_block, t.nblocks, codec_->id()},
+                             extent_buf_.data(), &verified)
+                   .ok();
     found.push_back(c);
   }
   std::sort(found.begin(), found.end(),
@@ -931,13 +929,9 @@ Status Checker::VerifyExtent(uint64_t head, const SlotExtent& e, format::Payload
   INSITU_RETURN_IF_ERROR(dev_->Read(offset, payload_buf_.data(), size_t{e.sectors} * kSectorSize)
                              .Annotate("reading the payload at " + DeviceOffset(offset)));
   // Damage is kCorruption; anything else (an I/O error) stops the check.
-  const Status st = OpenPayload(payload_buf_.data(), e.sectors,
-                                {head, static_cast<uint16_t>(e.nblocks), codec_->id()}, trailer);
-  if (!st.ok()) return st;
-  return codec_
-      ->Decompress(payload_buf_.data(), trailer->comp_len, extent_buf_.data(),
-                   size_t{e.nblocks} * kBlockSize)
-      .Annotate("decompressing the payload");
+  return VerifyPayload(*codec_, payload_buf_.data(), e.sectors,
+                       {head, static_cast<uint16_t>(e.nblocks), codec_->id()}, extent_buf_.data(),
+                       trailer);
 }
 
 Status Checker::CheckExtents() {

@@ -68,7 +68,12 @@ inline constexpr uint32_t kRoCompatKnown = 0;
 inline constexpr uint32_t kIncompatBackPayloads = 1u << 0;
 // Tail entries may be kMetaPatched (see "metadata pages").  Set by format.
 inline constexpr uint32_t kIncompatPatchedBlocks = 1u << 1;
-inline constexpr uint32_t kIncompatKnown = kIncompatBackPayloads | kIncompatPatchedBlocks;
+// Compressed payloads of extents longer than segment_blocks are cut into
+// independently compressed segments (payload version 2, see "payloads").
+// Set by format when segment_blocks is nonzero, and only then.
+inline constexpr uint32_t kIncompatSegmentedPayloads = 1u << 2;
+inline constexpr uint32_t kIncompatKnown =
+    kIncompatBackPayloads | kIncompatPatchedBlocks | kIncompatSegmentedPayloads;
 
 enum class VolumeState : uint32_t {
   kClean = 1,  // closed cleanly: metadata on disk describes every block
@@ -92,7 +97,10 @@ struct Superblock {
   uint8_t codec;        // CodecId
   int8_t codec_level;   // 0 = codec default
   uint8_t meta_mode;    // MetaMode
-  uint8_t reserved0;
+  // 0: every payload is one stream.  Else a power of two below
+  // extent_max_blocks: writers cut longer extents' payloads into segments
+  // of this many blocks (readers follow each payload's own index).
+  uint8_t segment_blocks;
   uint32_t meta_interval_s;    // write-back period in seconds
   uint32_t extent_max_blocks;  // 1..kMaxExtentBlocks, a power of two
   uint32_t state;              // VolumeState
@@ -166,7 +174,7 @@ static_assert(kBlocksPerMetaPage % kMaxExtentBlocks == 0, "slots must not span p
 // ---- payloads ------------------------------------------------------------
 
 inline constexpr uint32_t kPayloadMagic = 0x4c505349;  // "ISPL"
-inline constexpr uint8_t kPayloadVersion = 1;
+inline constexpr uint8_t kPayloadVersion = 1;          // one stream; 2: segmented (below)
 
 // The last 32 bytes of a compressed payload's last sector.  The compressed
 // bytes start at the payload's first byte; between them and the trailer is
@@ -175,11 +183,11 @@ inline constexpr uint8_t kPayloadVersion = 1;
 // orders payloads when stale ones are found during a rebuild.
 struct PayloadTrailer {
   uint32_t magic;       // kPayloadMagic
-  uint8_t version;      // kPayloadVersion
+  uint8_t version;      // kPayloadVersion or kPayloadVersionSegmented
   uint8_t codec;        // CodecId that produced the bytes
   uint16_t nblocks;     // extent length in blocks
-  uint32_t comp_len;    // compressed bytes at the start of the payload
-  uint32_t crc;         // CRC-32C of the compressed bytes, then this trailer with crc = 0
+  uint32_t comp_len;    // bytes at the start of the payload (stream, or segments and index)
+  uint32_t crc;         // CRC-32C of the stream (or the index), then this trailer with crc = 0
   uint64_t head_block;  // logical block index of the extent head
   uint64_t write_seq;   // volume-wide sequence number of this write
 };
@@ -188,6 +196,34 @@ static_assert(sizeof(PayloadTrailer) == 32, "trailer layout changed");
 // Sectors a compressed payload of comp_len bytes occupies.
 constexpr uint32_t PayloadSectors(uint32_t comp_len) {
   return (comp_len + static_cast<uint32_t>(sizeof(PayloadTrailer)) + kSectorSize - 1) / kSectorSize;
+}
+
+// Payload version 2, segmented: the extent's blocks, in runs of
+// segment_blocks (the last may be shorter), are compressed each on its own,
+// so that a read of a few blocks checks and decodes only their segments.
+// The compressed segments follow each other from the payload's first byte;
+// right after the last comes the index, one PayloadSegment per segment and
+// then a PayloadSegmentFooter.  The trailer's comp_len counts segments and
+// index, so PayloadSectors() holds for both versions; its crc covers the
+// index (not the segments, which have their own) and then the trailer.
+inline constexpr uint8_t kPayloadVersionSegmented = 2;
+
+struct PayloadSegment {
+  uint32_t end;  // payload offset just past this segment's compressed bytes
+  uint32_t crc;  // CRC-32C of this segment's compressed bytes
+};
+static_assert(sizeof(PayloadSegment) == 8, "segment entry layout changed");
+
+struct PayloadSegmentFooter {
+  uint16_t segment_blocks;  // blocks per segment (all but the last)
+  uint16_t segments;        // ceil(nblocks / segment_blocks), at least 2
+};
+static_assert(sizeof(PayloadSegmentFooter) == 4, "segment footer layout changed");
+
+// Whether a writer with the volume's segment_blocks segments a payload of
+// an nblocks extent.
+constexpr bool SegmentedPayload(uint32_t segment_blocks, uint32_t nblocks) {
+  return segment_blocks != 0 && segment_blocks < nblocks;
 }
 
 // ---- undo journal --------------------------------------------------------

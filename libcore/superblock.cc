@@ -101,6 +101,15 @@ Status DecodeSuperblock(const uint8_t* block, uint64_t device_size, Superblock* 
     return Status::Corruption("superblock extent size " + std::to_string(sb.extent_max_blocks) +
                               " blocks is invalid");
   }
+  const bool segmented = (sb.incompat & format::kIncompatSegmentedPayloads) != 0;
+  if (segmented != (sb.segment_blocks != 0) ||
+      (segmented && (sb.segment_blocks >= sb.extent_max_blocks ||
+                     !std::has_single_bit(uint32_t{sb.segment_blocks})))) {
+    return Status::Corruption("superblock segment size " + std::to_string(sb.segment_blocks) +
+                              " blocks is invalid for extents of " +
+                              std::to_string(sb.extent_max_blocks) + " blocks" +
+                              (segmented ? "" : " without the segmented-payloads feature"));
+  }
   if (sb.codec > static_cast<uint8_t>(CodecId::kLz4)) {
     return Status::NotSupported("unknown codec " + std::to_string(sb.codec));
   }

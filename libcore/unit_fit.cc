@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "libcore/format.h"
+#include "libcore/payload.h"
 
 namespace insitu {
 
@@ -21,7 +22,8 @@ size_t Units(size_t clen) {
 
 }  // namespace
 
-size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen) {
+size_t UnitFitter::Refit(const uint8_t* src, uint32_t nblocks, uint32_t segment_blocks,
+                         uint8_t* payload, size_t clen) {
   const uint64_t seen = payloads_.fetch_add(1) + 1;
   const size_t units = Units(clen);
   if (units < 2 || clen + kTrailer - (units - 1) * format::kBlockSize > kMaxSpill) return clen;
@@ -29,7 +31,8 @@ size_t UnitFitter::Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t 
   thread_local std::vector<uint8_t> scratch;
   const size_t cap = (units - 1) * format::kBlockSize - kTrailer;
   if (scratch.size() < cap) scratch.resize(cap);
-  const size_t tight = tighter_->Compress(src, n, scratch.data(), cap);
+  const size_t tight =
+      CompressPayload(*tighter_, src, nblocks, segment_blocks, scratch.data(), cap);
   Score(tight != 0);
   if (tight == 0) return clen;
   units_saved_.fetch_add(units - Units(tight));

@@ -50,11 +50,13 @@ class UnitFitter {
   // `tighter` compresses into the same format as the volume's codec.
   explicit UnitFitter(std::unique_ptr<Codec> tighter) : tighter_(std::move(tighter)) {}
 
-  // `payload` holds `clen` bytes compressed from src[0, n), to be stored
-  // with a format::PayloadTrailer.  Returns the payload's length
-  // afterwards: clen, or a shorter length whose bytes replaced payload's
-  // when that saves a unit.
-  size_t Refit(const uint8_t* src, size_t n, uint8_t* payload, size_t clen);
+  // `payload` holds the `clen` bytes CompressPayload() made of the nblocks
+  // blocks at src with segment_blocks, to be stored with a
+  // format::PayloadTrailer.  Returns the payload's length afterwards: clen,
+  // or a shorter length whose bytes replaced payload's when that saves a
+  // unit.
+  size_t Refit(const uint8_t* src, uint32_t nblocks, uint32_t segment_blocks, uint8_t* payload,
+               size_t clen);
 
   uint64_t tries() const { return tries_total_.load(); }
   uint64_t units_saved() const { return units_saved_.load(); }

@@ -109,20 +109,11 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
       // payload (see GuardMappedAccess): each Status is made by a callee
       // after its last access.
       st = GuardMappedAccess([&]() -> Status {
-        format::PayloadTrailer trailer;
+        PayloadLayout layout;
         const PayloadIdentity identity{head, static_cast<uint16_t>(e.nblocks), codec->id()};
-        if (Status s = OpenPayload(payload, e.sectors, identity, &trailer); !s.ok()) return s;
-        const size_t extent_bytes = size_t{e.nblocks} * kBlockSize;
-        if (from == head && to == head + e.nblocks) {
-          return codec->Decompress(payload, trailer.comp_len, out, extent_bytes);
-        }
-        if (Status s = codec->DecompressPrefix(payload, trailer.comp_len, scratch.extent.data(),
-                                               (to - head) * kBlockSize, extent_bytes);
-            !s.ok()) {
-          return s;
-        }
-        std::memcpy(out, scratch.extent.data() + (from - head) * kBlockSize, bytes);
-        return Status::OK();
+        if (Status s = OpenPayload(payload, e.sectors, identity, &layout); !s.ok()) return s;
+        return DecodePayload(*codec, payload, layout, static_cast<uint32_t>(from - head),
+                             static_cast<uint32_t>(to - from), out, scratch.extent.data());
       });
       if (!st.ok()) st = st.Annotate("extent at block " + std::to_string(head));
     }

@@ -12,11 +12,22 @@ namespace insitu {
 
 using format::kBlockSize;
 
+uint32_t DefaultSegmentBlocks(CodecId codec, uint32_t extent_max_blocks) {
+  constexpr uint32_t kBlocks = 4;
+  const bool fast = codec == CodecId::kLz4 || codec == CodecId::kLzo;
+  return fast && extent_max_blocks > kBlocks ? kBlocks : 0;
+}
+
 Status FormatVolume(BlockDevice* dev, const FormatOptions& opts) {
   const uint32_t extent_max = opts.extent_max_blocks;
   if (extent_max == 0 || extent_max > format::kMaxExtentBlocks ||
       (extent_max & (extent_max - 1)) != 0) {
     return Status::InvalidArgument("extent size must be a power of two from 4 KiB to 128 KiB");
+  }
+  const uint32_t segment = opts.segment_blocks;
+  if (segment != 0 && (segment >= extent_max || (segment & (segment - 1)) != 0)) {
+    return Status::InvalidArgument(
+        "segment size must be a power of two from 4 KiB and smaller than the extent size");
   }
   std::unique_ptr<Codec> codec;
   INSITU_RETURN_IF_ERROR(Codec::Create(opts.codec, &codec));
@@ -40,6 +51,8 @@ Status FormatVolume(BlockDevice* dev, const FormatOptions& opts) {
   sb.meta_mode = static_cast<uint8_t>(opts.meta_mode);
   sb.meta_interval_s = opts.meta_interval_s;
   sb.extent_max_blocks = extent_max;
+  sb.segment_blocks = static_cast<uint8_t>(segment);
+  if (segment != 0) sb.incompat |= format::kIncompatSegmentedPayloads;
   sb.state = static_cast<uint32_t>(format::VolumeState::kClean);
   sb.next_write_seq = 1;
   sb.format_time = static_cast<uint64_t>(std::time(nullptr));

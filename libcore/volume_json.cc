@@ -75,6 +75,7 @@ nlohmann::json SuperblockToJson(const format::Superblock& sb) {
   j["meta_mode"] = MetaModeName(sb.meta_mode);
   j["meta_interval_s"] = sb.meta_interval_s;
   j["extent_max_blocks"] = sb.extent_max_blocks;
+  j["segment_blocks"] = sb.segment_blocks;
   j["state"] = StateName(sb.state);
   j["device_bytes"] = sb.device_bytes;
   j["data_blocks"] = sb.data_blocks;

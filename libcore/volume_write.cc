@@ -479,16 +479,17 @@ Status SlotRewrite::Compress(const uint8_t* data, uint32_t first, uint32_t n,
   // A compressed payload must save at least one sector, trailer included.
   const size_t cap = bytes - kSectorSize - sizeof(format::PayloadTrailer);
   uint8_t* payload = *payload_cursor;
-  size_t clen = v_.codec->Compress(data, bytes, payload, cap);
+  const uint32_t segment_blocks = v_.sb.segment_blocks;
+  size_t clen = CompressPayload(*v_.codec, data, n, segment_blocks, payload, cap);
   *out = NewExtent{first, n, n * kSectorsPerBlock, data};
   if (clen == 0) return Status::OK();
-  if (v_.fitter) clen = v_.fitter->Refit(data, bytes, payload, clen);
+  if (v_.fitter) clen = v_.fitter->Refit(data, n, segment_blocks, payload, clen);
   out->sectors = format::PayloadSectors(static_cast<uint32_t>(clen));
   out->bytes = payload;
   uint64_t seq;
   INSITU_RETURN_IF_ERROR(v_.NextWriteSeq(&seq));
   SealPayload(payload, static_cast<uint32_t>(clen), out->sectors,
-              {slot_first_ + first, static_cast<uint16_t>(n), v_.codec->id()}, seq);
+              {slot_first_ + first, static_cast<uint16_t>(n), v_.codec->id()}, segment_blocks, seq);
   *payload_cursor += size_t{out->sectors} * kSectorSize;
   return Status::OK();
 }

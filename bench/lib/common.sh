@@ -7,10 +7,12 @@
 #   nbdkit-file      nbdkit's file plugin on a raw file
 #   nbdkit-memory    nbdkit's memory plugin (RAM; empty at every start)
 #   qemu-nbd         qemu-nbd on a raw file, --cache=none, io_uring if it works
-#   insitu-CODEC-MODE[-4k]
+#   insitu-CODEC-MODE[-4k|-segNk|-noseg]
 #                    insitud on an insitu volume; CODEC is none, lz4, lzo,
 #                    zstd1 (zstd:1) or zlib1 (zlib:1), MODE wb (writeback) or
-#                    wt (writethrough), -4k formats with --extent-max 4K.
+#                    wt (writethrough), -4k formats with --extent-max 4K,
+#                    -segNk with --segment NK, -noseg with --segment none
+#                    (otherwise the codec's default segments).
 # Servers run on CPU 1 and clients (fio, nbdcopy) on CPU 0, so client and
 # server never compete for a core and runs are comparable.
 
@@ -156,6 +158,8 @@ insitu_format_args() {
   case $rest in
     "") ;;
     4k) echo "--extent-max 4K" ;;
+    seg[0-9]*k) echo "--segment ${rest#seg}" | tr k K ;;
+    noseg) echo "--segment none" ;;
     *) die "target $1: unknown suffix $rest" ;;
   esac
 }

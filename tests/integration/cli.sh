@@ -94,6 +94,17 @@ expect 0 "$INSITU" dump --json "$m"
 [[ $(field "$OUT" "j['superblock']['meta_mode'], j['superblock']['meta_interval_s']") == \
   "writeback 30" ]] || fail "metadata mode not recorded"
 [[ $(field "$OUT" "j['superblock']['extent_max_blocks']") == 4 ]] || fail "extent size not recorded"
+[[ $(field "$OUT" "j['superblock']['segment_blocks']") == 0 ]] || fail "zstd volume has segments"
+expect 0 "$MKFS" -f -q --compress lzo "$m"
+expect 0 "$INSITU" dump --json --no-extents "$m"
+[[ $(field "$OUT" "j['superblock']['segment_blocks']") == 4 ]] || fail "lzo's default segments"
+expect 0 "$MKFS" -f --compress zstd:1 --segment 32K "$m"
+says "$OUT" "32 KiB (8 blocks)"
+expect 0 "$INSITU" dump --json --no-extents "$m"
+[[ $(field "$OUT" "j['superblock']['segment_blocks'], j['superblock']['incompat'] & 4") == \
+  "8 4" ]] || fail "--segment not recorded with its feature bit"
+expect 2 "$MKFS" -f --extent-max 16K --segment 16K "$m"
+says "$ERR" "must be smaller than --extent-max"
 expect 1 "$MKFS" "$m"
 says "$ERR" "mkfs.insitu: "
 expect 0 "$MKFS" -f -q --compress none --meta writethrough --extent-max 4K "$m"
@@ -106,6 +117,7 @@ bad="$WORK/bad.img"
 for args in "--compress lz5" "--compress zlib:10" "--compress lzo:3" "--compress zstd:" \
   "--meta sometimes" "--meta writeback:0" "--meta writeback:x" "--meta writethrough:5" \
   "--extent-max 3K" "--extent-max 12K" "--extent-max 256K" "--extent-max 4096X" \
+  "--segment 3K" "--segment 12K" "--segment 128K" "--segment some" \
   "--size 10X" "--size 0" "--size -1G" "--size 99999999999P" "--bogus"; do
   # A valid --size, so that the option under test is the only thing wrong.
   size=(--size 64M)

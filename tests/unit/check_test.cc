@@ -41,6 +41,7 @@ struct CodecCase {
   const char* name;
   CodecSpec codec;
   uint32_t extent_max_blocks;
+  uint32_t segment_blocks = 0;
 };
 
 // The volume under test: its image and the bytes every block must hold.
@@ -91,6 +92,7 @@ void BuildImage(const CodecCase& c, Image* img) {
   FormatOptions fo;
   fo.codec = c.codec;
   fo.extent_max_blocks = c.extent_max_blocks;
+  fo.segment_blocks = c.segment_blocks;
   ASSERT_TRUE(FormatVolume(&mem, fo).ok());
   std::unique_ptr<InsituVolume> vol;
   ASSERT_TRUE(Open(&mem, false, &vol).ok());
@@ -301,10 +303,9 @@ uint64_t BadBlocks(const CheckReport& r) {
 }
 
 const CodecCase kCodecs[] = {
-    {"none", {CodecId::kNone, 0}, 32},
-    {"lz4/8", {CodecId::kLz4, 0}, 8},
-    {"zstd", {CodecId::kZstd, 3}, 32},
-    {"zlib", {CodecId::kZlib, 6}, 32},
+    {"none", {CodecId::kNone, 0}, 32},       {"lz4/8", {CodecId::kLz4, 0}, 8},
+    {"zstd", {CodecId::kZstd, 3}, 32},       {"zlib", {CodecId::kZlib, 6}, 32},
+    {"lzo/seg4", {CodecId::kLzo, 0}, 32, 4},  // segmented payloads
 };
 
 TEST(CheckMatrix, EveryCorruptionIsDetectedAndRepaired) {

@@ -27,11 +27,13 @@ struct ModelConfig {
   const char* codec;
   format::MetaMode mode;
   uint32_t extent_max_blocks;
+  uint32_t segment_blocks = 0;
 };
 
 void PrintTo(const ModelConfig& c, std::ostream* os) {
   *os << c.codec << (c.mode == format::MetaMode::kWriteThrough ? " writethrough " : " writeback ")
       << c.extent_max_blocks * 4 << "k";
+  if (c.segment_blocks != 0) *os << " in " << c.segment_blocks * 4 << "k segments";
 }
 
 std::string ConfigName(const ::testing::TestParamInfo<ModelConfig>& info) {
@@ -43,6 +45,11 @@ std::string ConfigName(const ::testing::TestParamInfo<ModelConfig>& info) {
   name += '_';
   name += std::to_string(info.param.extent_max_blocks * 4);
   name += 'k';
+  if (info.param.segment_blocks != 0) {
+    name += "_seg";
+    name += std::to_string(info.param.segment_blocks * 4);
+    name += 'k';
+  }
   return name;
 }
 
@@ -55,9 +62,10 @@ class ModelTest : public ::testing::TestWithParam<ModelConfig> {};
 
 TEST_P(ModelTest, MatchesReferenceDisk) {
   const ModelConfig& cfg = GetParam();
-  const uint64_t seed = EnvOr("INSITU_MODEL_SEED", 0x5eed0000 + cfg.extent_max_blocks +
-                                                       static_cast<uint64_t>(cfg.mode) * 100 +
-                                                       std::strlen(cfg.codec) * 1000);
+  const uint64_t seed =
+      EnvOr("INSITU_MODEL_SEED", 0x5eed0000 + cfg.extent_max_blocks +
+                                     static_cast<uint64_t>(cfg.mode) * 100 +
+                                     std::strlen(cfg.codec) * 1000 + cfg.segment_blocks * 10000);
   const uint64_t ops = EnvOr("INSITU_MODEL_OPS", 1500);
   SCOPED_TRACE("seed " + std::to_string(seed) + " (set INSITU_MODEL_SEED to reproduce)");
   std::mt19937_64 rng(seed);
@@ -67,6 +75,7 @@ TEST_P(ModelTest, MatchesReferenceDisk) {
   ASSERT_TRUE(ParseCodecSpec(cfg.codec, &fopts.codec).ok());
   fopts.meta_mode = cfg.mode;
   fopts.extent_max_blocks = cfg.extent_max_blocks;
+  fopts.segment_blocks = cfg.segment_blocks;
   ASSERT_TRUE(FormatVolume(&backing, fopts).ok());
 
   std::unique_ptr<InsituVolume> vol;
@@ -176,7 +185,10 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelConfig{"lz4", format::MetaMode::kWriteThrough, 32},
                       ModelConfig{"lz4", format::MetaMode::kWriteBack, 32},
                       ModelConfig{"lz4", format::MetaMode::kWriteThrough, 1},
-                      ModelConfig{"zstd:1", format::MetaMode::kWriteBack, 4}),
+                      ModelConfig{"zstd:1", format::MetaMode::kWriteBack, 4},
+                      ModelConfig{"lz4", format::MetaMode::kWriteBack, 32, 4},
+                      ModelConfig{"lzo", format::MetaMode::kWriteThrough, 32, 1},
+                      ModelConfig{"zstd:1", format::MetaMode::kWriteBack, 16, 8}),
     ConfigName);
 
 }  // namespace

@@ -95,6 +95,50 @@ TEST_F(SuperblockOnDevice, RejectsUnknownIncompatFeatureAndTruncatedDevice) {
   EXPECT_FALSE(DecodeSuperblock(block.data(), dev_.Size() - kBlockSize, &out).ok());
 }
 
+// The segment size and the incompat bit that announces it go together,
+// and segments are shorter than extents.
+TEST_F(SuperblockOnDevice, SegmentSizeMustMatchItsFeatureBitAndTheExtentSize) {
+  format::Superblock sb;
+  ASSERT_TRUE(DecodeSuperblock(dev_.contents().data(), dev_.Size(), &sb).ok());
+  EXPECT_EQ(sb.segment_blocks, 0u);
+  EXPECT_EQ(sb.incompat & format::kIncompatSegmentedPayloads, 0u);
+  AlignedBuffer block(kBlockSize);
+  format::Superblock out;
+  const auto decode = [&](uint8_t segment_blocks, bool flag, uint32_t extent_max) {
+    format::Superblock s = sb;
+    s.segment_blocks = segment_blocks;
+    s.extent_max_blocks = extent_max;
+    if (flag) s.incompat |= format::kIncompatSegmentedPayloads;
+    EncodeSuperblock(s, block.data());
+    return DecodeSuperblock(block.data(), dev_.Size(), &out);
+  };
+  EXPECT_TRUE(decode(4, true, 32).ok());
+  EXPECT_EQ(out.segment_blocks, 4u);
+  EXPECT_TRUE(decode(1, true, 2).ok());
+  EXPECT_EQ(decode(4, false, 32).code(), Status::Code::kCorruption);
+  EXPECT_EQ(decode(0, true, 32).code(), Status::Code::kCorruption);
+  EXPECT_EQ(decode(32, true, 32).code(), Status::Code::kCorruption);
+  EXPECT_EQ(decode(8, true, 4).code(), Status::Code::kCorruption);
+  EXPECT_EQ(decode(3, true, 32).code(), Status::Code::kCorruption);
+}
+
+TEST(FormatVolume, SetsTheSegmentSizeOrRefusesOne) {
+  MemDevice dev(16 << 20);
+  FormatOptions opts;
+  opts.segment_blocks = 4;
+  ASSERT_TRUE(FormatVolume(&dev, opts).ok());
+  format::Superblock sb;
+  ASSERT_TRUE(DecodeSuperblock(dev.contents().data(), dev.Size(), &sb).ok());
+  EXPECT_EQ(sb.segment_blocks, 4u);
+  EXPECT_NE(sb.incompat & format::kIncompatSegmentedPayloads, 0u);
+  for (const auto& [segment, extent] : {std::pair{32u, 32u}, {6u, 32u}, {8u, 8u}, {64u, 32u}}) {
+    opts.segment_blocks = segment;
+    opts.extent_max_blocks = extent;
+    EXPECT_EQ(FormatVolume(&dev, opts).code(), Status::Code::kInvalidArgument)
+        << segment << " of " << extent;
+  }
+}
+
 TEST(ProbeExisting, RecognizesVolumesAndFileSystems) {
   MemDevice dev(8 << 20);
   EXPECT_EQ(ProbeExisting(&dev), "");

@@ -43,7 +43,8 @@ class UnitFitTest : public ::testing::Test {
   // Refit of a payload of clen bytes of 0x11 (from 128 KiB of input).
   size_t Refit(size_t clen) {
     payload_.assign(clen, 0x11);
-    return fitter_.Refit(src_.data(), src_.size(), payload_.data(), clen);
+    return fitter_.Refit(src_.data(), static_cast<uint32_t>(src_.size() / format::kBlockSize), 0,
+                         payload_.data(), clen);
   }
   // Refit of a spilling payload after the kShare - 1 that do not qualify
   // and make room for it in the share of retries.
@@ -146,7 +147,7 @@ TEST(UnitFitConcurrencyTest, ConcurrentRefits) {
       const size_t spilled = 2 * kUnit + 100 - kTrailer;
       ASSERT_LT(clen, spilled);
       std::memset(payload.data() + clen, 0, spilled - clen);  // a valid stream, padded
-      const size_t got = fitter.Refit(src.data(), src.size(), payload.data(), spilled);
+      const size_t got = fitter.Refit(src.data(), 16, 0, payload.data(), spilled);
       std::vector<uint8_t> out(src.size());
       ASSERT_TRUE(
           fast->Decompress(payload.data(), got == spilled ? clen : got, out.data(), out.size())
