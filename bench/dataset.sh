@@ -23,7 +23,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
-: "${BENCH_DATASET_TARGETS:=nbdkit-file insitu-none-wb insitu-lz4-wb insitu-lzo-wb insitu-zstd1-wb insitu-zlib1-wb insitu-lz4-wt}"
+: "${BENCH_DATASET_TARGETS:=nbdkit-file insitu-none-wb insitu-lz4-wb insitu-lzo-wb insitu-zstd1-wb insitu-zlib1-wb insitu-lz4-wt insitu-lz4-wb-noseg insitu-lzo-wb-noseg}"
 : "${BENCH_DATASET_SIZE:=384M}" "${BENCH_DATASET_BUDGET:=340000000}"
 
 # Sets IMAGE and the facts about it (IMAGE_BYTES, IMAGE_ALLOC, NONZERO, SOURCE).

@@ -28,16 +28,17 @@
 #   BENCH_OUT              results directory (default bench/results)
 #   BENCH_DATASET_TARGETS  see bench/dataset.sh
 #
-# A full default run is 15 targets x 20 cells x 3 rounds = 900 fio runs of
-# 8 s (about 2 h 10 min with fio's start-up), plus fills, server restarts,
-# the dataset step and the microbenchmarks: plan for 2 h 20 min.
+# A full default run is 17 targets x 20 cells x 3 rounds = 1020 fio runs of
+# 8 s (about 2 h 25 min with fio's start-up), plus fills, server restarts,
+# the dataset step and the microbenchmarks: plan for 2 h 40 min.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/common.sh
 source "$(dirname "$0")/lib/common.sh"
 
 ALL_TARGETS="fio-raw nbdkit-file nbdkit-memory qemu-nbd
   insitu-none-wb insitu-none-wt insitu-lz4-wb insitu-lz4-wt insitu-lzo-wb insitu-lzo-wt
-  insitu-zstd1-wb insitu-zstd1-wt insitu-zlib1-wb insitu-zlib1-wt insitu-lz4-wb-4k"
+  insitu-zstd1-wb insitu-zstd1-wt insitu-zlib1-wb insitu-zlib1-wt insitu-lz4-wb-4k
+  insitu-lz4-wb-noseg insitu-lzo-wb-noseg"
 ALL_WORKLOADS="randread4k randwrite4k randrw4k seqread128k seqwrite128k"
 
 configure() {
