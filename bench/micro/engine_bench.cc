@@ -27,6 +27,8 @@ std::unique_ptr<InsituVolume> OpenVolume(const CodecSpec& codec, std::string* er
   auto dev = std::make_unique<MemDevice>(kDeviceBytes);
   FormatOptions fo;
   fo.codec = codec;
+  // As `insitu format` makes it: lz4 in 16 KiB segments.
+  fo.segment_blocks = DefaultSegmentBlocks(codec.id, fo.extent_max_blocks);
   Status st = FormatVolume(dev.get(), fo);
   std::unique_ptr<InsituVolume> vol;
   if (st.ok()) {
