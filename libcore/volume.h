@@ -45,9 +45,10 @@ struct FormatOptions {
 // The segment size front ends format with unless told otherwise: 16 KiB
 // (4 blocks) for lz4 and lzo, whose users chose speed, when extents are
 // longer; none for zstd and zlib, whose users chose space.  Measured on
-// fio's 4 KiB random reads of 128 KiB extents, 16 KiB segments took lz4
-// from 0.41x to 0.61x of `nbdkit file` and lzo from 0.37x to 0.74x, for
-// 8 % more space on the bench's ext4 dataset (docs/design.md).
+// fio's 4 KiB random reads of 128 KiB extents at qd16 on one connection,
+// 16 KiB segments took lz4 and lzo from 0.37x to 0.59x of `nbdkit file`,
+// for 8 % (lz4) and 5 % (lzo) more space on the bench's ext4 dataset
+// (docs/design.md, "Segmented payloads").
 uint32_t DefaultSegmentBlocks(CodecId codec, uint32_t extent_max_blocks);
 
 // Writes a fresh volume over the whole device: superblocks, an empty
