@@ -12,10 +12,12 @@
 //   control bit 0: recompute both superblock CRCs after the overlays
 //           bit 1: recompute the CRCs of every non-zero metadata slot and
 //                  journal header, and of every undo record in the ring
-//           bit 2: recompute the trailer CRC of every payload the image had
+//           bit 2: recompute the trailer CRC (and the segment CRCs) of every
+//                  payload the image had
 //           bit 3: use the image as a crash left it (dirty; a read-write
 //                  open recovers from the journal) instead of clean
-//           bits 4-6: which image (codec, extent size, metadata mode)
+//           bits 4-6: which image (codec, extent size, segments, metadata
+//                  mode)
 //           bit 7: open read-only
 //   record: [region][offset u32 LE][length][length bytes], copied over
 //           region % 6 = 0 primary superblock, 1 metadata area, 2 data
@@ -139,10 +141,11 @@ const Image& GetImage(unsigned index) {
   // The images must not depend on when a periodic commit happens to run.
   constexpr uint32_t kNoPeriodicCommit = 3600;
   static const std::array<insitu::FormatOptions, 8> kFormats = {{
-      {{CodecId::kLz4, 0}, MetaMode::kWriteBack, kNoPeriodicCommit, 32},
+      // lz4 and lzo in segments, as `insitu format` makes them.
+      {{CodecId::kLz4, 0}, MetaMode::kWriteBack, kNoPeriodicCommit, 32, 4},
       {{CodecId::kZstd, 0}, MetaMode::kWriteThrough, kNoPeriodicCommit, 32},
       {{CodecId::kZlib, 0}, MetaMode::kWriteBack, kNoPeriodicCommit, 16},
-      {{CodecId::kLzo, 0}, MetaMode::kWriteThrough, kNoPeriodicCommit, 32},
+      {{CodecId::kLzo, 0}, MetaMode::kWriteThrough, kNoPeriodicCommit, 32, 2},
       {{CodecId::kNone, 0}, MetaMode::kWriteBack, kNoPeriodicCommit, 32},
       {{CodecId::kLz4, 0}, MetaMode::kWriteThrough, kNoPeriodicCommit, 1},
       {{CodecId::kZstd, 19}, MetaMode::kWriteBack, kNoPeriodicCommit, 4},
@@ -200,16 +203,39 @@ void FixUndoRecordCrcs(uint8_t* ring, uint64_t ring_bytes) {
 }
 
 // The trailer CRC covers the compressed bytes, then the trailer with its
-// crc field zero (format.h).
+// crc field zero; of a segmented payload, it covers the index, whose
+// entries hold each segment's CRC (format.h).  Those are recomputed first,
+// as far as the index's ends stay inside the payload.
 void FixPayloadCrc(uint8_t* payload, uint32_t bytes) {
+  using insitu::format::PayloadSegment;
+  using insitu::format::PayloadSegmentFooter;
   using insitu::format::PayloadTrailer;
   uint8_t* trailer = payload + bytes - sizeof(PayloadTrailer);
   uint32_t comp_len;
   std::memcpy(&comp_len, trailer + offsetof(PayloadTrailer, comp_len), sizeof(comp_len));
   if (comp_len > bytes - sizeof(PayloadTrailer)) return;
+  size_t from = 0;
+  if (trailer[offsetof(PayloadTrailer, version)] == insitu::format::kPayloadVersionSegmented) {
+    PayloadSegmentFooter footer;
+    if (comp_len < sizeof(footer)) return;
+    std::memcpy(&footer, payload + comp_len - sizeof(footer), sizeof(footer));
+    const size_t index_bytes = size_t{footer.segments} * sizeof(PayloadSegment) + sizeof(footer);
+    if (footer.segments > insitu::format::kMaxExtentBlocks || index_bytes > comp_len) return;
+    from = comp_len - index_bytes;
+    uint32_t begin = 0;
+    for (uint16_t i = 0; i < footer.segments; ++i) {
+      uint8_t* entry = payload + from + size_t{i} * sizeof(PayloadSegment);
+      PayloadSegment e;
+      std::memcpy(&e, entry, sizeof(e));
+      if (e.end < begin || e.end > from) break;
+      StoreCrc(entry + offsetof(PayloadSegment, crc),
+               insitu::Crc32c(0, payload + begin, e.end - begin));
+      begin = e.end;
+    }
+  }
   constexpr size_t kCrcAt = offsetof(PayloadTrailer, crc);
   StoreCrc(trailer + kCrcAt, 0);
-  const uint32_t crc = insitu::Crc32c(0, payload, comp_len);
+  const uint32_t crc = insitu::Crc32c(0, payload + from, comp_len - from);
   StoreCrc(trailer + kCrcAt, insitu::Crc32c(crc, trailer, sizeof(PayloadTrailer)));
 }
 
