@@ -483,6 +483,8 @@ FormatOptions Options(const CrashConfig& c) {
   FormatOptions fopts;
   EXPECT_TRUE(ParseCodecSpec(c.codec, &fopts.codec).ok()) << c.codec;
   fopts.meta_mode = c.mode;
+  // As `insitu format` makes them: lz4 and lzo payloads in segments.
+  fopts.segment_blocks = DefaultSegmentBlocks(fopts.codec.id, fopts.extent_max_blocks);
   // No periodic write-back during the run: the log must be a function of
   // the seed alone.
   fopts.meta_interval_s = 3600;
