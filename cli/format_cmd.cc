@@ -66,34 +66,37 @@ Status ParseMetaMode(std::string_view text, FormatOptions* opts) {
   return Status::OK();
 }
 
-// "0" or "none", or a power of two from 4K (checked against the extent
-// size by FormatVolume()).
-Status ParseSegment(std::string_view text, std::optional<uint32_t>* blocks) {
-  if (text == "none" || text == "0") {
-    *blocks = 0;
-    return Status::OK();
-  }
+// A SIZE that is a power of two number of 4 KiB blocks from min_blocks to
+// max_blocks; otherwise "invalid WHAT 'SIZE': expected EXPECTED".
+Status ParsePowerOfTwoBlocks(std::string_view text, uint64_t min_blocks, uint64_t max_blocks,
+                             const char* what, const char* expected, uint32_t* blocks) {
   uint64_t bytes = 0;
   INSITU_RETURN_IF_ERROR(ParseSize(text, &bytes));
   const uint64_t n = bytes / kBlockSize;
-  if (bytes % kBlockSize != 0 || n == 0 || n >= format::kMaxExtentBlocks || (n & (n - 1)) != 0) {
-    return Status::InvalidArgument("invalid segment size '" + std::string(text) +
-                                   "': expected none or a power of two from 4K to 64K");
+  if (bytes % kBlockSize != 0 || n < min_blocks || n > max_blocks || (n & (n - 1)) != 0) {
+    return Status::InvalidArgument("invalid " + std::string(what) + " '" + std::string(text) +
+                                   "': expected " + expected);
   }
   *blocks = static_cast<uint32_t>(n);
   return Status::OK();
 }
 
-Status ParseExtentMax(std::string_view text, uint32_t* blocks) {
-  uint64_t bytes = 0;
-  INSITU_RETURN_IF_ERROR(ParseSize(text, &bytes));
-  const uint64_t n = bytes / kBlockSize;
-  if (bytes % kBlockSize != 0 || n > format::kMaxExtentBlocks || (n & (n - 1)) != 0) {
-    return Status::InvalidArgument("invalid extent size '" + std::string(text) +
-                                   "': expected a power of two from 4K to 128K");
+// "0" or "none", or a power of two from 4K (checked against the extent
+// size by RunFormat()).
+Status ParseSegment(std::string_view text, std::optional<uint32_t>* blocks) {
+  uint32_t n = 0;
+  if (text != "none" && text != "0") {
+    INSITU_RETURN_IF_ERROR(ParsePowerOfTwoBlocks(text, 1, format::kMaxExtentBlocks - 1,
+                                                 "segment size",
+                                                 "none or a power of two from 4K to 64K", &n));
   }
-  *blocks = static_cast<uint32_t>(n);
+  *blocks = n;
   return Status::OK();
+}
+
+Status ParseExtentMax(std::string_view text, uint32_t* blocks) {
+  return ParsePowerOfTwoBlocks(text, 0, format::kMaxExtentBlocks, "extent size",
+                               "a power of two from 4K to 128K", blocks);
 }
 
 // Adapts a Status-returning parser to a CLI11 option callback: a bad value

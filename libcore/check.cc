@@ -706,8 +706,7 @@ Status Checker::BuildSlot(uint64_t slot_first, uint8_t* entries, RebuildCounts* 
   for (uint32_t end = 1; end <= n * format::kSectorsPerBlock; ++end) {
     format::PayloadTrailer t;
     std::memcpy(&t, data + size_t{end} * kSectorSize - sizeof(t), sizeof(t));
-    if (t.magic != format::kPayloadMagic ||
-        (t.version != format::kPayloadVersion && t.version != format::kPayloadVersionSegmented) ||
+    if (t.magic != format::kPayloadMagic || !format::KnownPayloadVersion(t.version) ||
         t.codec != sb_.codec || t.head_block < slot_first || t.head_block - slot_first >= n ||
         t.nblocks == 0 || t.nblocks > n - (t.head_block - slot_first) ||
         t.comp_len > format::kMaxExtentBlocks * kBlockSize) {

@@ -220,6 +220,10 @@ struct PayloadSegmentFooter {
 };
 static_assert(sizeof(PayloadSegmentFooter) == 4, "segment footer layout changed");
 
+constexpr bool KnownPayloadVersion(uint8_t version) {
+  return version == kPayloadVersion || version == kPayloadVersionSegmented;
+}
+
 // Whether a writer with the volume's segment_blocks segments a payload of
 // an nblocks extent.
 constexpr bool SegmentedPayload(uint32_t segment_blocks, uint32_t nblocks) {

@@ -36,11 +36,10 @@ std::string Where(uint64_t head_block) {
   return "payload of extent at block " + std::to_string(head_block);
 }
 
-// Checks a segmented payload's index (which the trailer's checksum covers)
-// and copies it into `layout`.
-Status OpenIndex(const uint8_t* payload, const PayloadTrailer& t, PayloadLayout* layout) {
-  PayloadSegmentFooter footer;
-  std::memcpy(&footer, payload + t.comp_len - sizeof(footer), sizeof(footer));
+// Checks a segmented payload's index (which the trailer's checksum covers;
+// `footer` is its end, read by OpenPayload()) and copies it into `layout`.
+Status OpenIndex(const uint8_t* payload, const PayloadTrailer& t,
+                 const PayloadSegmentFooter& footer, PayloadLayout* layout) {
   const uint32_t sb = footer.segment_blocks;
   if (sb == 0 || sb >= t.nblocks || footer.segments != SegmentsOf(t.nblocks, sb)) {
     return Status::Corruption(
@@ -126,8 +125,7 @@ Status OpenPayload(const uint8_t* payload, uint32_t sectors, const PayloadIdenti
   if (t.magic != format::kPayloadMagic) {
     return Status::Corruption(Where(expect.head_block) + ": no payload trailer");
   }
-  const bool segmented = t.version == format::kPayloadVersionSegmented;
-  if (t.version != format::kPayloadVersion && !segmented) {
+  if (!format::KnownPayloadVersion(t.version)) {
     return Status::Corruption(Where(expect.head_block) + ": unknown payload version " +
                               std::to_string(t.version));
   }
@@ -136,11 +134,12 @@ Status OpenPayload(const uint8_t* payload, uint32_t sectors, const PayloadIdenti
                               std::to_string(t.comp_len) + " does not match " +
                               std::to_string(sectors) + " sectors");
   }
+  const bool segmented = t.version == format::kPayloadVersionSegmented;
   size_t from = 0;
+  PayloadSegmentFooter footer{};
   if (segmented) {
     // The footer names the index's size, so it is read before the checksum
     // that covers it; OpenIndex() checks it against the trailer afterwards.
-    PayloadSegmentFooter footer;
     if (t.comp_len < IndexBytes(2)) {
       return Status::Corruption(Where(expect.head_block) + ": too short for a segment index");
     }
@@ -164,7 +163,7 @@ Status OpenPayload(const uint8_t* payload, uint32_t sectors, const PayloadIdenti
                               std::to_string(t.codec));
   }
   layout->trailer = t;
-  if (segmented) return OpenIndex(payload, t, layout);
+  if (segmented) return OpenIndex(payload, t, footer, layout);
   layout->segment_blocks = t.nblocks;
   layout->segments = 1;
   layout->segment_crcs = false;

@@ -56,7 +56,9 @@ struct PayloadLayout {
   uint32_t segment_blocks = 0;
   uint32_t segments = 0;
   bool segment_crcs = false;  // version 2: each segment's crc is checked when decoded
-  std::array<format::PayloadSegment, format::kMaxExtentBlocks> index{};
+  // [0, segments) filled by OpenPayload(); the rest is left as it is (not
+  // cleared: a layout is made for every read).
+  std::array<format::PayloadSegment, format::kMaxExtentBlocks> index;
 };
 
 // Checks a payload of `sectors` sectors read from the extent `expect`

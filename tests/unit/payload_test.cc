@@ -216,6 +216,30 @@ TEST_P(PayloadTest, AnIndexThatDoesNotDescribeTheExtentIsRefused) {
       "does not fit");
 }
 
+// The footer is read before the checksum that covers it (it says where the
+// index starts), so its size is checked against the payload first.
+TEST_P(PayloadTest, AFooterThatCannotHoldAnIndexFailsBeforeTheChecksum) {
+  const Sealed good = Seal(Extent(32), 4);
+  Sealed s = good;
+  const PayloadSegmentFooter huge{4, 200};
+  std::memcpy(s.bytes.data() + s.comp_len - sizeof(huge), &huge, sizeof(huge));
+  PayloadLayout layout;
+  Status st = OpenPayload(s.bytes.data(), s.sectors(), Id(32), &layout);
+  EXPECT_EQ(st.code(), Status::Code::kCorruption);
+  EXPECT_NE(st.message().find("segment index of 200 entries does not fit"), std::string::npos)
+      << st.ToString();
+
+  // A version 2 trailer whose comp_len is shorter than any index.
+  std::vector<uint8_t> tiny(kSectorSize, 0);
+  PayloadTrailer t{};
+  std::memcpy(&t, good.bytes.data() + good.bytes.size() - sizeof(t), sizeof(t));
+  t.comp_len = 8;
+  std::memcpy(tiny.data() + tiny.size() - sizeof(t), &t, sizeof(t));
+  st = OpenPayload(tiny.data(), 1, Id(32), &layout);
+  EXPECT_EQ(st.code(), Status::Code::kCorruption);
+  EXPECT_NE(st.message().find("too short for a segment index"), std::string::npos) << st.ToString();
+}
+
 TEST_P(PayloadTest, SegmentsThatDoNotFitTheCapMakeNoPayload) {
   std::vector<uint8_t> data(32 * kBlockSize);
   std::mt19937_64 rng(7);
