@@ -198,6 +198,9 @@ void PrintText(const json& r) {
   }
   line("requests in flight:", Count(srv("requests_in_flight")));
   line("requests total:", Count(srv("requests_total")));
+  if (srv("pool_handoffs").is_number_unsigned()) {
+    line("pool hand-overs:", Count(srv("pool_handoffs")));
+  }
   line("read since start:", Bytes(srv("bytes_read")));
   line("written since start:", Bytes(srv("bytes_written")));
   line("uptime:",

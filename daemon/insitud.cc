@@ -14,8 +14,8 @@
 // client sends one line, the daemon answers one JSON object and closes.
 //   status   {"device", "export", "read_only", "split_extents", "fit_units", "listen",
 //             "superblock", "volume", "server": {connections, connections_total,
-//             inline_readers, requests_in_flight, requests_total, bytes_read,
-//             bytes_written, uptime_s}}
+//             inline_readers, requests_in_flight, requests_total, pool_handoffs,
+//             bytes_read, bytes_written, uptime_s}}
 //   other    {"error": "..."}
 // The field names are an interface (`insitu status` reads them).
 //
@@ -412,6 +412,7 @@ int Main(int argc, char** argv) {
                             {"inline_readers", c.inline_readers},
                             {"requests_in_flight", c.requests_in_flight},
                             {"requests_total", c.requests_total},
+                            {"pool_handoffs", c.pool_handoffs},
                             {"bytes_read", c.bytes_read},
                             {"bytes_written", c.bytes_written},
                             {"uptime_s", static_cast<uint64_t>(uptime.count())}}}};

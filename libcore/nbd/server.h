@@ -6,8 +6,9 @@
 // requests (one recv() takes in every request the client has pipelined, up
 // to 256 KiB; larger payloads are received straight into their buffer);
 // requests run on a worker pool shared by all connections (`threads`
-// workers) and are answered in completion order, not request order, as the
-// protocol allows.  A read that is its connection's only request in flight
+// workers), handed over all at once for what one recv() took in, and are
+// answered in completion order, not request order, as the protocol
+// allows.  A read that is its connection's only request in flight
 // runs on the reader instead (a hand-over costs a wake-up and two context
 // switches), on at most as many connections at a time as there are CPUs
 // (at least 2); meanwhile a standby thread of the connection, woken by a
@@ -101,8 +102,11 @@ struct NbdServerCounters {
   uint64_t inline_readers = 0;
   uint64_t requests_in_flight = 0;
   uint64_t requests_total = 0;  // requests received, including rejected ones
-  uint64_t bytes_read = 0;      // bytes clients read (successful NBD_CMD_READ)
-  uint64_t bytes_written = 0;   // bytes clients wrote (successful NBD_CMD_WRITE)
+  // hand-overs of requests to the worker pool, each of every request one
+  // recv() took in (requests_total / pool_handoffs: the batch size)
+  uint64_t pool_handoffs = 0;
+  uint64_t bytes_read = 0;     // bytes clients read (successful NBD_CMD_READ)
+  uint64_t bytes_written = 0;  // bytes clients wrote (successful NBD_CMD_WRITE)
 };
 
 // Worker threads for a device whose I/O mostly does not block (page cache)

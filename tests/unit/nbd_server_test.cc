@@ -1066,6 +1066,29 @@ TEST(NbdServerTest, SurvivesMalformedRequests) {
   harness.ExpectHealthy();
 }
 
+// Requests that arrive together reach the worker pool together: a worker
+// woken for the first finds the rest queued (on one CPU it runs before
+// the reader could hand it more), and their replies leave as a batch.
+TEST(NbdServerTest, PipelinedRequestsReachThePoolInOneHandOff) {
+  MemDevice dev(kMiB);
+  NbdServerOptions opts;
+  opts.threads = 1;
+  Harness harness(&dev, opts);
+  RawClient c(harness.sock);
+  ASSERT_TRUE(c.EnterTransmission());
+  constexpr int kCount = 8;
+  for (int i = 0; i < kCount; i++) c.Request(0, nbd::kCmdRead, 100 + i, i * 4096, 4096);
+  ASSERT_TRUE(c.Flush());  // one send: the reader's one recv() takes all
+  for (int i = 0; i < kCount; i++) {
+    ASSERT_EQ(c.ReadSimpleReply(100 + i), 0u) << "reply " << i;
+    std::vector<uint8_t> data;
+    ASSERT_TRUE(c.Read(4096, &data));
+  }
+  const NbdServerCounters counters = harness.server.Counters();
+  EXPECT_EQ(counters.requests_total, uint64_t(kCount));
+  EXPECT_EQ(counters.pool_handoffs, 1u);
+}
+
 // A malformed request behind one the reader runs itself is read by the
 // standby, and ends the connection once that request has been answered.
 TEST(NbdServerTest, AMalformedRequestBehindALoneOneClosesAfterItsReply) {
