@@ -970,17 +970,17 @@ void Connection::Standby() {
 
 void Connection::Reserve(uint64_t charge) {
   std::unique_lock<std::mutex> lock(budget_mu_);
-  if (!pending_.empty() && inflight_requests_ != 0 &&
-      inflight_bytes_ + charge > server_.opts.max_inflight_bytes) {
+  // An idle connection always admits one request, whatever its size.
+  const auto admits = [&] {
+    return inflight_requests_ == 0 || inflight_bytes_ + charge <= server_.opts.max_inflight_bytes;
+  };
+  if (!admits() && !pending_.empty()) {
     // The budget comes back as requests finish: the pending ones too.
     lock.unlock();
     SubmitPending();
     lock.lock();
   }
-  // An idle connection always admits one request, whatever its size.
-  budget_cv_.wait(lock, [&] {
-    return inflight_requests_ == 0 || inflight_bytes_ + charge <= server_.opts.max_inflight_bytes;
-  });
+  budget_cv_.wait(lock, admits);
   inflight_bytes_ += charge;
   inflight_requests_++;
   server_.in_flight++;

@@ -1089,6 +1089,28 @@ TEST(NbdServerTest, PipelinedRequestsReachThePoolInOneHandOff) {
   EXPECT_EQ(counters.pool_handoffs, 1u);
 }
 
+// Requests held for one hand-over go to the pool before the reader waits
+// for budget they hold: reads that together exceed the connection's bound,
+// sent at once, all complete.
+TEST(NbdServerTest, HeldRequestsAreHandedOverBeforeWaitingForBudget) {
+  MemDevice dev(kMiB);
+  NbdServerOptions opts;
+  opts.threads = 1;
+  opts.max_inflight_bytes = 64 << 10;  // three 16 KiB reads and their charges
+  Harness harness(&dev, opts);
+  RawClient c(harness.sock);
+  ASSERT_TRUE(c.EnterTransmission());
+  constexpr int kCount = 8;
+  for (int i = 0; i < kCount; i++) c.Request(0, nbd::kCmdRead, 100 + i, i * 16384, 16384);
+  ASSERT_TRUE(c.Flush());
+  for (int i = 0; i < kCount; i++) {
+    ASSERT_EQ(c.ReadSimpleReply(100 + i), 0u) << "reply " << i;
+    std::vector<uint8_t> data;
+    ASSERT_TRUE(c.Read(16384, &data));
+  }
+  EXPECT_GE(harness.server.Counters().pool_handoffs, 2u);
+}
+
 // A malformed request behind one the reader runs itself is read by the
 // standby, and ends the connection once that request has been answered.
 TEST(NbdServerTest, AMalformedRequestBehindALoneOneClosesAfterItsReply) {
