@@ -74,7 +74,7 @@ void CheckSlot(const uint8_t* entries, uint32_t n) {
     }
     Require(e.sectors <= e.nblocks * insitu::format::kSectorsPerBlock, "payload exceeds extent");
     uint8_t encoded[insitu::format::kMaxExtentBlocks];
-    insitu::EncodeExtent(e.nblocks, e.sectors, encoded, e.back);
+    insitu::EncodeExtent(e.nblocks, e.sectors, encoded, e.back, e.patched);
     Require(std::memcmp(encoded, entries + e.first, e.nblocks) == 0,
             "decoded extent encodes to other entries");
   }
