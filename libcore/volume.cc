@@ -92,7 +92,7 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
   const uint32_t want =
       UnitMask(static_cast<uint32_t>(from - head), static_cast<uint32_t>(to - from));
   if (e.raw()) {
-    st = deferred.Read(BlockOffset(from), out, bytes);
+    st = ReadRaw(BlockOffset(from), out, bytes);
   } else if ((want & ~e.patched) != 0) {
     ReadScratch& scratch = GetReadScratch();
     const uint32_t payload_bytes = e.sectors * format::kSectorSize;
@@ -118,28 +118,26 @@ Status InsituVolume::Impl::ReadExtentBlocks(uint64_t slot_first, const SlotExten
       if (!st.ok()) st = st.Annotate("extent at block " + std::to_string(head));
     }
   }
-  // Patched blocks: raw at their places, over what the payload held;
-  // copied from the mapped page cache when the device shows it (no read
-  // call per run).
+  // Patched blocks: raw at their places, over what the payload held.
   for (uint32_t left = want & e.patched; st.ok() && left != 0;) {
     const auto k = static_cast<uint32_t>(__builtin_ctz(left));
     uint32_t end = k + 1;
     while (end < e.nblocks && (left >> end & 1) != 0) ++end;
-    const uint64_t at = BlockOffset(head + k);
-    uint8_t* dst = out + (head + k - from) * kBlockSize;
-    const size_t n = size_t{end - k} * kBlockSize;
-    if (const uint8_t* mapped = deferred.View(at, n); mapped != nullptr) {
-      st = GuardMappedAccess([&]() -> Status {
-        std::memcpy(dst, mapped, n);
-        return Status::OK();
-      });
-    } else {
-      st = deferred.Read(at, dst, n);
-    }
+    st = ReadRaw(BlockOffset(head + k), out + (head + k - from) * kBlockSize,
+                 size_t{end - k} * kBlockSize);
     left &= ~UnitMask(k, end - k);
   }
   if (!st.ok()) read_errors.fetch_add(1);
   return st;
+}
+
+Status InsituVolume::Impl::ReadRaw(uint64_t at, uint8_t* out, size_t n) {
+  const uint8_t* mapped = deferred.View(at, n);
+  if (mapped == nullptr) return deferred.Read(at, out, n);
+  return GuardMappedAccess([&]() -> Status {
+    std::memcpy(out, mapped, n);
+    return Status::OK();
+  });
 }
 
 Status InsituVolume::Impl::NextWriteSeq(uint64_t* seq) {
@@ -369,7 +367,7 @@ Status InsituVolume::Read(uint64_t offset, void* buf, size_t len) {
       } else if (e.bad) {
         return v.ReadExtentBlocks(slot_first, e, 0, 0, nullptr);
       } else if (e.raw()) {
-        Status st = v.deferred.Read(v.sb.data_offset + lo, dst, hi - lo);
+        Status st = v.ReadRaw(v.sb.data_offset + lo, dst, hi - lo);
         if (!st.ok()) {
           v.read_errors.fetch_add(1);
           return st;

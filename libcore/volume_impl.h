@@ -48,6 +48,12 @@ class InsituVolume::Impl {
   Status ReadExtentBlocks(uint64_t slot_first, const SlotExtent& e, uint64_t from, uint64_t to,
                           uint8_t* out);
 
+  // Copies the n bytes stored raw at device offset `at` (raw extents,
+  // patched blocks) into out: from the device's mapping when it shows them
+  // and no deferred overwrite covers them (no system call, as for
+  // payloads), else through deferred.Read().  The caller holds their lock.
+  Status ReadRaw(uint64_t at, uint8_t* out, size_t n);
+
   // The write path (volume_write.cc): replaces bytes [offset, offset+len)
   // with src, or with zeros when src is null.
   Status Modify(uint64_t offset, uint64_t len, const uint8_t* src, bool fua);
