@@ -201,6 +201,9 @@ void PrintText(const json& r) {
   if (srv("pool_handoffs").is_number_unsigned()) {
     line("pool hand-overs:", Count(srv("pool_handoffs")));
   }
+  if (srv("poll_hits").is_number_unsigned()) {
+    line("requests found polling:", Count(srv("poll_hits")));
+  }
   line("read since start:", Bytes(srv("bytes_read")));
   line("written since start:", Bytes(srv("bytes_written")));
   line("uptime:",

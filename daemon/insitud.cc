@@ -15,7 +15,7 @@
 //   status   {"device", "export", "read_only", "split_extents", "fit_units", "listen",
 //             "superblock", "volume", "server": {connections, connections_total,
 //             inline_readers, requests_in_flight, requests_total, pool_handoffs,
-//             bytes_read, bytes_written, uptime_s}}
+//             poll_hits, bytes_read, bytes_written, uptime_s}}
 //   other    {"error": "..."}
 // The field names are an interface (`insitu status` reads them).
 //
@@ -70,6 +70,7 @@ struct Args {
   bool no_fit = false;
   std::string control;
   unsigned threads = 0;
+  unsigned poll_us = NbdServerOptions{}.poll_us;
   std::string pidfile;
   std::string io;
 };
@@ -306,6 +307,11 @@ int Main(int argc, char** argv) {
          "Worker threads; 0 means 4 per usable CPU (at least 4), or at least 16 with direct I/O")
       ->default_val(0)
       ->check(CLI::Range(0, 1024));
+  app.add_option("--poll-us", args.poll_us,
+                 "Microseconds a connection whose client sends one request at a time polls "
+                 "for the next before sleeping; 0 never polls")
+      ->default_val(args.poll_us)
+      ->check(CLI::Range(0, 1000000));
   app.add_option("--pidfile", args.pidfile, "Write the daemon's process id to this file");
   app.add_option("--io", args.io,
                  "Backing I/O: direct (O_DIRECT), buffered (page cache), or auto: direct on "
@@ -383,6 +389,7 @@ int Main(int argc, char** argv) {
   server_opts.description = "insitu volume (" + codec + ", " + meta + ")";
   server_opts.read_only = args.read_only;
   server_opts.threads = args.threads != 0 ? args.threads : DefaultWorkerThreads(direct_io);
+  server_opts.poll_us = args.poll_us;
   server_opts.log = Say;
   NbdServer server(vol.get(), server_opts);
   for (const std::string& spec : args.listen) {
@@ -413,6 +420,7 @@ int Main(int argc, char** argv) {
                             {"requests_in_flight", c.requests_in_flight},
                             {"requests_total", c.requests_total},
                             {"pool_handoffs", c.pool_handoffs},
+                            {"poll_hits", c.poll_hits},
                             {"bytes_read", c.bytes_read},
                             {"bytes_written", c.bytes_written},
                             {"uptime_s", static_cast<uint64_t>(uptime.count())}}}};

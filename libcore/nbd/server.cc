@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -352,6 +353,7 @@ class NbdServer::Impl {
   std::atomic<uint64_t> in_flight{0};
   std::atomic<uint64_t> requests_total{0};
   std::atomic<uint64_t> pool_handoffs{0};
+  std::atomic<uint64_t> poll_hits{0};
   std::atomic<uint64_t> bytes_read{0};
   std::atomic<uint64_t> bytes_written{0};
 };
@@ -383,6 +385,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Log(const std::string& what) const { server_.Log("nbd client " + peer_ + ": " + what); }
   Io Recv(void* buf, size_t len);
   Io Skip(uint64_t len);
+  // Polls the socket for up to NbdServerOptions::poll_us while the client
+  // has been sending one request at a time (lone_streak_); true when data
+  // (or the end) arrived.  Called when a receive found nothing.
+  bool PollForRequest();
   // Bytes the client sent that the reader has taken in but not parsed.
   bool Buffered() const { return rpos_ < rlen_; }
   bool SendAll(std::span<const uint8_t> bytes);
@@ -448,6 +454,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   size_t rpos_ = 0;
   size_t rlen_ = 0;
   bool after_direct_ = false;
+  // Requests in a row that arrived with nothing else of the connection in
+  // flight or received: a client at queue depth 1, whose next request comes
+  // a round trip after each reply.  Reading the socket in a busy loop then
+  // beats sleeping (a VM's idle CPU takes tens of microseconds to wake);
+  // for a client with requests in flight it would only split batches
+  // (4 KiB random reads at qd16 lost 8 % when it polled whenever at most
+  // one request was in flight).  Written by the reader only.
+  static constexpr uint32_t kLoneStreakToPoll = 8;
+  uint32_t lone_streak_ = 0;
 
   // The reading role.  A read request that arrives while nothing else of
   // the connection is in flight or received runs on the reader itself:
@@ -547,6 +562,7 @@ Connection::Io Connection::Recv(void* buf, size_t len) {
     if (n == 0) return Io::kEof;
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) return Io::kError;
+    if (PollForRequest()) continue;
     // Only block when nothing is buffered, and then also on the stop
     // event, so Shutdown() reaches a reader waiting for an idle client.
     pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {server_.stop_fd.get(), POLLIN, 0}};
@@ -554,6 +570,28 @@ Connection::Io Connection::Recv(void* buf, size_t len) {
     if (fds[1].revents & POLLIN) return Io::kStopped;
   }
   return Io::kOk;
+}
+
+bool Connection::PollForRequest() {
+  const unsigned us = server_.opts.poll_us;
+  if (us == 0 || lone_streak_ < kLoneStreakToPoll) return false;
+  {
+    // A worker's request will end in a reply and the client's next one:
+    // polling through it would only take the worker's CPU.
+    std::lock_guard<std::mutex> lock(budget_mu_);
+    if (inflight_requests_ > 1) return false;
+  }
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  pollfd fd{fd_.get(), POLLIN, 0};
+  do {
+    // POLLHUP and POLLERR count too: the recv() that follows reports them.
+    if (::poll(&fd, 1, 0) > 0) {
+      server_.poll_hits++;
+      return true;
+    }
+    sched_yield();  // a worker or another reader on this CPU goes first
+  } while (std::chrono::steady_clock::now() < until);
+  return false;
 }
 
 Connection::Io Connection::Skip(uint64_t len) {
@@ -786,7 +824,9 @@ void Connection::Transmit() {
     const Read read = ReadRequest(&job);
     if (read == Read::kClose) break;
     if (read == Read::kReplied) continue;
-    if (job.req.type == nbd::kCmdRead && !Buffered() && Alone() && CanRunInline()) {
+    const bool lone = !Buffered() && Alone();
+    lone_streak_ = lone ? lone_streak_ + 1 : 0;
+    if (job.req.type == nbd::kCmdRead && lone && CanRunInline()) {
       if (!RunWithStandby(job)) break;
       continue;
     }
@@ -1422,6 +1462,7 @@ NbdServerCounters NbdServer::Counters() const {
   c.requests_in_flight = s.in_flight.load();
   c.requests_total = s.requests_total.load();
   c.pool_handoffs = s.pool_handoffs.load();
+  c.poll_hits = s.poll_hits.load();
   c.bytes_read = s.bytes_read.load();
   c.bytes_written = s.bytes_written.load();
   return c;

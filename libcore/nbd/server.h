@@ -89,6 +89,11 @@ struct NbdServerOptions {
   unsigned threads = 0;                       // worker threads; 0 = DefaultWorkerThreads(false)
   uint64_t max_inflight_bytes = 64ull << 20;  // per connection
   unsigned max_connections = 1024;            // more are closed at once
+  // How long a reader whose client sends one request at a time polls the
+  // socket for the next one before it sleeps, in microseconds (0: never).
+  // Waking a sleeping thread on an idle CPU costs a virtual machine more
+  // than the poll (docs/design.md, "A reader polls for a lone client").
+  unsigned poll_us = 32;
   // Receives one line per noteworthy event (a client broke the protocol, a
   // device call failed).  Null: silent.  Called from any server thread.
   std::function<void(const std::string&)> log;
@@ -105,6 +110,8 @@ struct NbdServerCounters {
   // hand-overs of requests to the worker pool, each of every request one
   // recv() took in (requests_total / pool_handoffs: the batch size)
   uint64_t pool_handoffs = 0;
+  // requests a reader found while polling for them (NbdServerOptions::poll_us)
+  uint64_t poll_hits = 0;
   uint64_t bytes_read = 0;     // bytes clients read (successful NBD_CMD_READ)
   uint64_t bytes_written = 0;  // bytes clients wrote (successful NBD_CMD_WRITE)
 };

@@ -1089,6 +1089,59 @@ TEST(NbdServerTest, PipelinedRequestsReachThePoolInOneHandOff) {
   EXPECT_EQ(counters.pool_handoffs, 1u);
 }
 
+// A client that sends one request at a time, each after the reply to the
+// one before, is polled for: once 8 such requests came in a row, the reader
+// finds the next one polling instead of asleep.  Requests pipelined behind
+// each other end that, and polling is off with poll_us = 0.
+TEST(NbdServerTest, AClientAtQueueDepthOneIsPolledFor) {
+  for (const unsigned poll_us : {1000000u, 0u}) {
+    SCOPED_TRACE("poll_us " + std::to_string(poll_us));
+    MemDevice dev(kMiB);
+    NbdServerOptions opts;
+    opts.poll_us = poll_us;
+    opts.threads = 1;  // the pipelined replies come in order
+    Harness harness(&dev, opts);
+    RawClient c(harness.sock);
+    ASSERT_TRUE(c.EnterTransmission());
+    uint64_t cookie = 100;
+    // One request, after a pause long enough for the reader to find the
+    // socket empty (it then polls, or sleeps).
+    const auto lone_read = [&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      c.Request(0, nbd::kCmdRead, cookie, 0, 4096);
+      ASSERT_TRUE(c.Flush());
+      ASSERT_EQ(c.ReadSimpleReply(cookie++), 0u);
+      std::vector<uint8_t> data;
+      ASSERT_TRUE(c.Read(4096, &data));
+    };
+    constexpr int kLone = 20;
+    for (int i = 0; i < kLone; i++) lone_read();
+    const uint64_t hits = harness.server.Counters().poll_hits;
+    if (poll_us == 0) {
+      EXPECT_EQ(hits, 0u);
+      continue;
+    }
+    // The 9th and every later lone request (a reader held up for longer
+    // than the pause finds a request without polling: a loaded machine).
+    EXPECT_LE(hits, uint64_t{kLone - 8});
+    EXPECT_GE(hits, uint64_t{kLone - 8 - 3});
+    // Eight requests in one send, found by the reader's poll: the streak
+    // ends, and the next lone request (the first of a new streak) is
+    // waited for asleep.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    for (int i = 0; i < 8; i++) c.Request(0, nbd::kCmdRead, cookie + i, i * 4096, 4096);
+    ASSERT_TRUE(c.Flush());
+    for (int i = 0; i < 8; i++) {
+      ASSERT_EQ(c.ReadSimpleReply(cookie + i), 0u);
+      std::vector<uint8_t> data;
+      ASSERT_TRUE(c.Read(4096, &data));
+    }
+    cookie += 8;
+    lone_read();
+    EXPECT_LE(harness.server.Counters().poll_hits, hits + 1);
+  }
+}
+
 // Requests held for one hand-over go to the pool before the reader waits
 // for budget they hold: reads that together exceed the connection's bound,
 // sent at once, all complete.
