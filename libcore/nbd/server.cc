@@ -582,10 +582,12 @@ bool Connection::PollForRequest() {
     if (inflight_requests_ > 1) return false;
   }
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-  pollfd fd{fd_.get(), POLLIN, 0};
+  pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {server_.stop_fd.get(), POLLIN, 0}};
   do {
-    // POLLHUP and POLLERR count too: the recv() that follows reports them.
-    if (::poll(&fd, 1, 0) > 0) {
+    if (::poll(fds, 2, 0) > 0) {
+      // Stopping: the blocking poll in Recv() sees it at once.
+      if (fds[1].revents != 0) return false;
+      // POLLHUP and POLLERR count too: the recv() that follows reports them.
       server_.poll_hits++;
       return true;
     }
