@@ -460,7 +460,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // beats sleeping (a VM's idle CPU takes tens of microseconds to wake);
   // for a client with requests in flight it would only split batches
   // (4 KiB random reads at qd16 lost 8 % when it polled whenever at most
-  // one request was in flight).  Written by the reader only.
+  // one request was in flight).  Holder of the reading role only (see
+  // role_): the reader counts, the standby ends the streak.
   static constexpr uint32_t kLoneStreakToPoll = 8;
   uint32_t lone_streak_ = 0;
 
@@ -574,13 +575,10 @@ Connection::Io Connection::Recv(void* buf, size_t len) {
 
 bool Connection::PollForRequest() {
   const unsigned us = server_.opts.poll_us;
+  // A streak means the last request read was the only one in flight and
+  // none was read since, so at most that one is in flight now: polling
+  // never competes with a batch the workers run.
   if (us == 0 || lone_streak_ < kLoneStreakToPoll) return false;
-  {
-    // A worker's request will end in a reply and the client's next one:
-    // polling through it would only take the worker's CPU.
-    std::lock_guard<std::mutex> lock(budget_mu_);
-    if (inflight_requests_ > 1) return false;
-  }
   const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
   pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {server_.stop_fd.get(), POLLIN, 0}};
   do {
@@ -997,6 +995,7 @@ void Connection::Standby() {
       if (read == Read::kClose) {
         close = true;
       } else if (read == Read::kJob) {
+        lone_streak_ = 0;  // it arrived behind the reader's request
         Dispatch(std::move(job));
       }
     } while (!close && Buffered());
