@@ -2,8 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <atomic>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -82,49 +80,6 @@ TEST(MemDeviceTest, ConcurrentDisjointWrites) {
     ASSERT_TRUE(dev.Read(t * kRegion, back.data(), kRegion).ok());
     EXPECT_EQ(back, std::vector<uint8_t>(kRegion, static_cast<uint8_t>(t + 1))) << t;
   }
-}
-
-// The device locks in stripes; a range over several of them must still be
-// written and read as one: a reader sees the whole of one write, never a
-// mix of two (or of a write and WriteZeroes), even when its range starts
-// and ends in other stripes than the write's.
-TEST(MemDeviceTest, ConcurrentOverlappingRangesAreNeverTorn) {
-  constexpr uint64_t kMiB = 1 << 20;
-  MemDevice dev(4 * kMiB);
-  const uint64_t offset = kMiB - 8192;  // 4 stripes of 1 MiB
-  const size_t len = 2 * kMiB + 16384;
-  std::atomic<bool> done{false};
-  std::thread writer([&] {
-    std::vector<uint8_t> data(len);
-    for (int i = 1; i <= 200; ++i) {
-      if (i % 3 == 0) {
-        EXPECT_TRUE(dev.WriteZeroes(offset, len, false).ok());
-      } else {
-        std::fill(data.begin(), data.end(), static_cast<uint8_t>(i));
-        EXPECT_TRUE(dev.Write(offset, data.data(), len, false).ok());
-      }
-    }
-    done = true;
-  });
-  // The reader's range shares only the writes' inner stripes.
-  std::vector<uint8_t> back(kMiB + 4096);
-  const uint64_t read_offset = kMiB + kMiB / 2;
-  int reads = 0;
-  while (!done || reads == 0) {  // a failure breaks out, and the writer is joined
-    if (!dev.Read(read_offset, back.data(), back.size()).ok()) {
-      ADD_FAILURE() << "read " << reads << " failed";
-      break;
-    }
-    ++reads;
-    const auto odd =
-        std::find_if(back.begin(), back.end(), [&](uint8_t b) { return b != back[0]; });
-    if (odd != back.end()) {
-      ADD_FAILURE() << "read " << reads << " torn at byte " << (odd - back.begin()) << ": "
-                    << int{back[0]} << " then " << int{*odd};
-      break;
-    }
-  }
-  writer.join();
 }
 
 }  // namespace
