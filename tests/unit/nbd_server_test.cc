@@ -1089,6 +1089,44 @@ TEST(NbdServerTest, PipelinedRequestsReachThePoolInOneHandOff) {
   EXPECT_EQ(counters.pool_handoffs, 1u);
 }
 
+// A worker that blocks in the device must not hold up the requests queued
+// behind it: Submit wakes a worker for every job, so the rest still run.
+// (Any policy that wakes fewer workers must keep this: one that woke only
+// as many as there are CPUs hung a shutdown test.)
+TEST(NbdServerTest, ARequestBlockedInTheDeviceDoesNotHoldUpTheOnesQueuedBehindIt) {
+  GatedDevice dev(kMiB, UINT64_MAX, /*hold_reads=*/0);
+  NbdServerOptions opts;
+  opts.threads = 4;
+  Harness harness(&dev, opts);
+  OpenAtExit open_at_exit(&dev);
+  RawClient c(harness.sock);
+  ASSERT_TRUE(c.EnterTransmission());
+  constexpr int kCount = 8;
+  // The read of offset 0, held by the device, goes first: one hand-over
+  // queues the other seven behind it.
+  for (int i = 0; i < kCount; i++) c.Request(0, nbd::kCmdRead, 100 + i, i * 4096, 4096);
+  ASSERT_TRUE(c.Flush());
+  auto reply = [&c] {
+    EXPECT_EQ(c.ReadBig(4), nbd::kSimpleReplyMagic);
+    EXPECT_EQ(c.ReadBig(4), 0u);
+    const uint64_t cookie = c.ReadBig(8);
+    std::vector<uint8_t> data;
+    EXPECT_TRUE(c.Read(4096, &data));
+    return cookie;
+  };
+  std::vector<uint64_t> cookies;
+  for (int i = 1; i < kCount; i++) {
+    cookies.push_back(reply());
+    ASSERT_NE(cookies.back(), UINT64_MAX) << "reply " << i << " never came";
+  }
+  std::sort(cookies.begin(), cookies.end());
+  EXPECT_EQ(cookies, (std::vector<uint64_t>{101, 102, 103, 104, 105, 106, 107}));
+  EXPECT_TRUE(dev.WaitHeld(1));
+  dev.Open();
+  EXPECT_EQ(reply(), 100u);
+  EXPECT_EQ(harness.server.Counters().pool_handoffs, 1u);
+}
+
 // A client that sends one request at a time, each after the reply to the
 // one before, is polled for: once 8 such requests came in a row, the reader
 // finds the next one polling instead of asleep.  Requests pipelined behind
