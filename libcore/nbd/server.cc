@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <linux/futex.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,6 +12,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -304,7 +306,8 @@ class NbdServer::Impl {
   // each one no worker has taken yet.  Returns whether jobs are still
   // queued.
   bool Submit(std::vector<Job>* batch);
-  void WorkerLoop();
+  struct IdleWorker;
+  void WorkerLoop(IdleWorker* self);
   Status StartWorkers();
   void StopWorkers();
   void AcceptOne(int listen_fd,
@@ -323,15 +326,25 @@ class NbdServer::Impl {
   Status init_status;
   std::atomic<bool> stopping{false};
 
+  // A worker waiting for a job sleeps on its own futex word, and Submit()
+  // wakes exactly the workers it takes off `idle`.  (With one condition
+  // variable, glibc made a signaller wait until workers signalled before
+  // had left it: on one CPU, a switch to each of them mid-Submit.)
+  struct IdleWorker {
+    std::atomic<uint32_t> woken{0};
+    void Wait();
+    void Wake();
+  };
   std::mutex pool_mu;
-  std::condition_variable pool_cv;
   std::deque<Job> jobs;
   bool pool_stop = false;
-  // Workers waiting on pool_cv, and how many of them have been notified
-  // and not yet taken pool_mu again (woken <= idle).  Submit() notifies
-  // only while queued jobs outnumber the wake-ups on their way.
-  size_t idle = 0;
-  size_t woken = 0;
+  // Workers asleep, the last to fall asleep at the back (woken first: its
+  // cache is the warmest), and how many were taken off it and woken but
+  // have not taken pool_mu again.  Submit() wakes one only while queued
+  // jobs outnumber the wake-ups on their way.
+  std::vector<IdleWorker*> idle;
+  size_t wakes_in_flight = 0;
+  std::deque<IdleWorker> parked;  // one per worker; outlives the threads
   std::vector<std::thread> workers;
 
   // Readers that may run reads themselves (Connection::role_).  Each such
@@ -1291,30 +1304,46 @@ bool NbdServer::Impl::Submit(std::vector<Job>* batch) {
   // A wake-up for every queued job an idle worker could take: a worker may
   // block in the device with the rest queued behind it (direct I/O), so
   // every idle worker may be needed.  But the count is taken again after
-  // each notification: on one CPU the worker just woken usually runs at
-  // once, ahead of this thread, and takes the whole batch; waking the rest
-  // then only made them find the queue empty (two context switches each).
-  while (jobs.size() > woken && idle > woken) {
-    woken++;
+  // each wake-up: on one CPU the worker just woken usually runs at once,
+  // ahead of this thread, and takes the whole batch; waking the rest then
+  // only made them find the queue empty (two context switches each).
+  while (jobs.size() > wakes_in_flight && !idle.empty()) {
+    IdleWorker* w = idle.back();
+    idle.pop_back();
+    wakes_in_flight++;
     lock.unlock();
-    pool_cv.notify_one();
+    w->Wake();
     lock.lock();
   }
   return !jobs.empty();
 }
 
-void NbdServer::Impl::WorkerLoop() {
+void NbdServer::Impl::IdleWorker::Wait() {
+  while (woken.load(std::memory_order_acquire) == 0) {
+    // Returns at once if Wake() came first (the word is no longer 0).
+    ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&woken), FUTEX_WAIT_PRIVATE, 0, nullptr,
+              nullptr, 0);
+  }
+}
+
+void NbdServer::Impl::IdleWorker::Wake() {
+  woken.store(1, std::memory_order_release);
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&woken), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr,
+            0);
+}
+
+void NbdServer::Impl::WorkerLoop(IdleWorker* self) {
   for (;;) {
     Job job;
     {
       std::unique_lock<std::mutex> lock(pool_mu);
       while (!pool_stop && jobs.empty()) {
-        idle++;
-        pool_cv.wait(lock);
-        idle--;
-        // Notified or woken spuriously, this thread is no longer one
-        // Submit() may count on; woken never exceeds the waiters.
-        woken = std::min(woken > 0 ? woken - 1 : 0, idle);
+        self->woken.store(0, std::memory_order_relaxed);
+        idle.push_back(self);
+        lock.unlock();
+        self->Wait();
+        lock.lock();
+        wakes_in_flight--;  // whoever woke this worker took it off `idle`
       }
       if (jobs.empty()) return;
       job = std::move(jobs.front());
@@ -1328,7 +1357,10 @@ void NbdServer::Impl::WorkerLoop() {
 Status NbdServer::Impl::StartWorkers() {
   const unsigned n = opts.threads > 0 ? opts.threads : DefaultWorkerThreads(false);
   try {
-    for (unsigned i = 0; i < n; i++) workers.emplace_back([this] { WorkerLoop(); });
+    for (unsigned i = 0; i < n; i++) {
+      IdleWorker* self = &parked.emplace_back();
+      workers.emplace_back([this, self] { WorkerLoop(self); });
+    }
   } catch (const std::system_error& e) {
     StopWorkers();
     return Status::IOError(std::string("cannot start worker threads: ") + e.what());
@@ -1337,11 +1369,14 @@ Status NbdServer::Impl::StartWorkers() {
 }
 
 void NbdServer::Impl::StopWorkers() {
+  std::vector<IdleWorker*> sleeping;
   {
     std::lock_guard<std::mutex> lock(pool_mu);
     pool_stop = true;
+    sleeping.swap(idle);
+    wakes_in_flight += sleeping.size();
   }
-  pool_cv.notify_all();
+  for (IdleWorker* w : sleeping) w->Wake();
   for (std::thread& t : workers) t.join();
   workers.clear();
 }
