@@ -1357,6 +1357,7 @@ void NbdServer::Impl::WorkerLoop(IdleWorker* self) {
 Status NbdServer::Impl::StartWorkers() {
   const unsigned n = opts.threads > 0 ? opts.threads : DefaultWorkerThreads(false);
   try {
+    idle.reserve(n);  // so that going to sleep never allocates
     for (unsigned i = 0; i < n; i++) {
       IdleWorker* self = &parked.emplace_back();
       workers.emplace_back([this, self] { WorkerLoop(self); });
