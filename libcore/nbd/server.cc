@@ -334,6 +334,7 @@ class NbdServer::Impl {
     std::atomic<uint32_t> woken{0};
     void Wait();
     void Wake();
+    void Futex(int op, uint32_t value);  // on `woken`
   };
   std::mutex pool_mu;
   std::deque<Job> jobs;
@@ -1318,18 +1319,18 @@ bool NbdServer::Impl::Submit(std::vector<Job>* batch) {
   return !jobs.empty();
 }
 
+void NbdServer::Impl::IdleWorker::Futex(int op, uint32_t value) {
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&woken), op, value, nullptr, nullptr, 0);
+}
+
 void NbdServer::Impl::IdleWorker::Wait() {
-  while (woken.load(std::memory_order_acquire) == 0) {
-    // Returns at once if Wake() came first (the word is no longer 0).
-    ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&woken), FUTEX_WAIT_PRIVATE, 0, nullptr,
-              nullptr, 0);
-  }
+  // FUTEX_WAIT returns at once if Wake() came first (the word is no longer 0).
+  while (woken.load(std::memory_order_acquire) == 0) Futex(FUTEX_WAIT_PRIVATE, 0);
 }
 
 void NbdServer::Impl::IdleWorker::Wake() {
   woken.store(1, std::memory_order_release);
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&woken), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr,
-            0);
+  Futex(FUTEX_WAKE_PRIVATE, 1);
 }
 
 void NbdServer::Impl::WorkerLoop(IdleWorker* self) {

@@ -1090,7 +1090,8 @@ TEST(NbdServerTest, PipelinedRequestsReachThePoolInOneHandOff) {
 }
 
 // A worker that blocks in the device must not hold up the requests queued
-// behind it: Submit wakes a worker for every job, so the rest still run.
+// behind it: Submit wakes a worker for every job no worker has taken yet,
+// so the rest still run.
 // (Any policy that wakes fewer workers must keep this: one that woke only
 // as many as there are CPUs hung a shutdown test.)
 TEST(NbdServerTest, ARequestBlockedInTheDeviceDoesNotHoldUpTheOnesQueuedBehindIt) {
