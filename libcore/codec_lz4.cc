@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "libcore/codec_internal.h"
+#include "libcore/lz4_block.h"
 
 namespace insitu::codec_internal {
 namespace {
@@ -29,16 +30,13 @@ class Lz4Codec final : public Codec {
     return LZ4_compress_HC_extStateHC(state.get(), in, out, static_cast<int>(n), dst_cap, level_);
   }
 
+  // Decoding is ours (lz4_block.h says why); the format is liblz4's.
   Status Decompress(const uint8_t* src, size_t n, uint8_t* dst, size_t out_len) const override {
-    if (n > INT_MAX || out_len > INT_MAX) {
-      return Status::Corruption("lz4 payload is larger than LZ4 can address");
-    }
-    const int rc =
-        LZ4_decompress_safe(reinterpret_cast<const char*>(src), reinterpret_cast<char*>(dst),
-                            static_cast<int>(n), static_cast<int>(out_len));
+    const ptrdiff_t rc = Lz4DecodeBlock(src, n, dst, out_len, out_len);
     if (rc < 0) {
       return Status::Corruption("lz4 payload of " + std::to_string(n) +
-                                " bytes is malformed (decoder error " + std::to_string(rc) + ")");
+                                " bytes is malformed or decodes to more than " +
+                                std::to_string(out_len) + " bytes");
     }
     if (static_cast<size_t>(rc) != out_len) {
       return Status::Corruption("lz4 payload of " + std::to_string(n) + " bytes decompressed to " +
@@ -51,15 +49,11 @@ class Lz4Codec final : public Codec {
   // after the block it needs, on average half the work.
   Status DecompressPrefix(const uint8_t* src, size_t n, uint8_t* dst, size_t want,
                           size_t out_len) const override {
-    if (n > INT_MAX || out_len > INT_MAX) {
-      return Status::Corruption("lz4 payload is larger than LZ4 can address");
-    }
-    const int rc = LZ4_decompress_safe_partial(reinterpret_cast<const char*>(src),
-                                               reinterpret_cast<char*>(dst), static_cast<int>(n),
-                                               static_cast<int>(want), static_cast<int>(out_len));
+    const ptrdiff_t rc = Lz4DecodeBlock(src, n, dst, out_len, want);
     if (rc < 0 || static_cast<size_t>(rc) < want) {
       return Status::Corruption("lz4 payload of " + std::to_string(n) +
-                                " bytes is malformed (decoder result " + std::to_string(rc) + ")");
+                                " bytes is malformed (decoded " + std::to_string(rc) + " of the " +
+                                std::to_string(want) + " bytes wanted)");
     }
     return Status::OK();
   }

@@ -16,12 +16,8 @@ namespace {
 
 using testing::DataKind;
 using testing::FillData;
-
-// Extra bytes after every decompression target, filled with a pattern that
-// must survive: a decoder that writes past out_len is caught even without
-// ASan.  Sources are exact-size heap buffers, so ASan catches over-reads.
-constexpr size_t kGuard = 64;
-constexpr uint8_t kGuardByte = 0xA5;
+using testing::kGuard;
+using testing::kGuardByte;
 
 std::unique_ptr<Codec> MakeCodec(const std::string& spec_text) {
   CodecSpec spec;

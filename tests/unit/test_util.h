@@ -66,6 +66,13 @@ class BorrowedDevice : public BlockDevice {
   BlockDevice* target_;
 };
 
+// Extra bytes after every decompression target, filled with a pattern that
+// must survive: a decoder that writes past its output is caught even
+// without ASan.  (Sources are exact-size heap buffers, so ASan catches
+// over-reads.)
+constexpr size_t kGuard = 64;
+constexpr uint8_t kGuardByte = 0xA5;
+
 // Fills buf with data of a chosen character: text-like (compresses well),
 // random (incompressible), zeros, or a mix of 4 KiB blocks of each.
 enum class DataKind { kText, kRandom, kZero, kMixed };
