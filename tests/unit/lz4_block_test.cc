@@ -4,8 +4,8 @@
 #include <lz4.h>
 
 #include <algorithm>
-#include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "tests/unit/test_util.h"
@@ -197,7 +197,8 @@ bool HasZeroOffset(const std::vector<uint8_t>& block) {
 // liblz4 refuses: liblz4 also insists on the format's rules for the last
 // 12 bytes, which a decoder does not need).
 TEST(Lz4BlockTest, SurvivesDamagedAndRandomBlocks) {
-  std::mt19937_64 rng(20261207);
+  constexpr uint64_t kSeed = 20261207;
+  std::mt19937_64 rng(kSeed);
   const std::vector<std::vector<uint8_t>> corpus = Corpus();
   for (int iter = 0; iter < 3000; ++iter) {
     const std::vector<uint8_t>& in = corpus[rng() % corpus.size()];
@@ -212,14 +213,15 @@ TEST(Lz4BlockTest, SurvivesDamagedAndRandomBlocks) {
     const size_t cap = std::max<size_t>(in.size(), 1);
     std::vector<uint8_t> out;
     const ptrdiff_t rc = Decode(block, cap, cap, &out);
-    ASSERT_LE(rc, static_cast<ptrdiff_t>(cap)) << "iteration " << iter;
+    ASSERT_LE(rc, static_cast<ptrdiff_t>(cap)) << "seed " << kSeed << " iteration " << iter;
     std::vector<uint8_t> ref(cap);
     const int ref_rc = LZ4_decompress_safe(reinterpret_cast<const char*>(block.data()),
                                            reinterpret_cast<char*>(ref.data()),
                                            static_cast<int>(block.size()), static_cast<int>(cap));
     if (ref_rc >= 0 && !(rc < 0 && HasZeroOffset(block))) {
-      ASSERT_EQ(rc, ref_rc) << "iteration " << iter;
-      EXPECT_TRUE(std::equal(ref.begin(), ref.begin() + rc, out.begin())) << "iteration " << iter;
+      ASSERT_EQ(rc, ref_rc) << "seed " << kSeed << " iteration " << iter;
+      EXPECT_TRUE(std::equal(ref.begin(), ref.begin() + rc, out.begin()))
+          << "seed " << kSeed << " iteration " << iter;
     }
     (void)Decode(block, cap, 1 + rng() % cap, &out);  // partial: in bounds too
   }
