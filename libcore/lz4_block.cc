@@ -90,6 +90,32 @@ inline uint64_t Repeat(const uint8_t* p, size_t period) {
   for (; i < len; ++i) op[i] = match[i];
 }
 
+inline size_t ReadOffset(const uint8_t*& ip) {
+  const size_t offset = ip[0] | size_t{ip[1]} << 8;
+  ip += 2;
+  return offset;
+}
+
+// Whether a match `offset` back from op starts inside dst (offset 0 is
+// invalid).
+inline bool OffsetInside(size_t offset, const uint8_t* op, const uint8_t* dst) {
+  return offset - 1 < static_cast<size_t>(op - dst);
+}
+
+// A match whose offset was read and checked, with every other check: the
+// length's extension, the room left, the copy.
+[[gnu::always_inline]] inline bool Match(unsigned token, size_t offset, const uint8_t*& ip,
+                                         const uint8_t* iend, uint8_t*& op, uint8_t* oend) {
+  size_t len = token & 15;
+  if (len == 15 && !ReadLength(&ip, iend, &len)) return false;
+  len += 4;
+  const auto left = static_cast<size_t>(oend - op);
+  if (len > left) return false;
+  CopyMatch(op, offset, len, left);
+  op += len;
+  return true;
+}
+
 // How a sequence left the decoder.
 enum class Step { kNext, kDone, kMalformed };
 
@@ -117,16 +143,10 @@ template <bool kWhole>
   op += lit;
   if (ip == iend || Stopped(kWhole, op, dst, stop)) return Step::kDone;
   if (iend - ip < 2) return Step::kMalformed;
-  const size_t offset = ip[0] | size_t{ip[1]} << 8;
-  ip += 2;
-  if (offset - 1 >= static_cast<size_t>(op - dst)) return Step::kMalformed;  // 0, or before dst
-  size_t len = token & 15;
-  if (len == 15 && !ReadLength(&ip, iend, &len)) return Step::kMalformed;
-  len += 4;
-  const auto left = static_cast<size_t>(oend - op);
-  if (len > left) return Step::kMalformed;
-  CopyMatch(op, offset, len, left);
-  op += len;
+  const size_t offset = ReadOffset(ip);
+  if (!OffsetInside(offset, op, dst) || !Match(token, offset, ip, iend, op, oend)) {
+    return Step::kMalformed;
+  }
   return Stopped(kWhole, op, dst, stop) ? Step::kDone : Step::kNext;
 }
 
@@ -176,29 +196,17 @@ ptrdiff_t DecodeBlock(const uint8_t* src, size_t n, uint8_t* dst, size_t cap, si
     ip += lit;
     op += lit;
     if (Stopped(kWhole, op, dst, stop)) return op - dst;
-    const size_t offset = ip[0] | size_t{ip[1]} << 8;
-    ip += 2;
-    if (offset - 1 >= static_cast<size_t>(op - dst)) return -1;
-    size_t len = token & 15;
-    if (len < 15 && offset >= 8) {
+    const size_t offset = ReadOffset(ip);
+    if (!OffsetInside(offset, op, dst)) return -1;
+    if ((token & 15) < 15 && offset >= 8) {
       // At most 18 bytes, in 8-byte loads of bytes already written.
       const uint8_t* match = op - offset;
       std::memcpy(op, match, 8);
       std::memcpy(op + 8, match + 8, 8);
       std::memcpy(op + 16, match + 16, 2);
-      op += len + 4;
-    } else {
-      if (len == 15) {
-        // ip is far from iend: the first extension byte is there to read.
-        unsigned byte = *ip++;
-        len += byte;
-        if (byte == 255 && !ReadLength(&ip, iend, &len)) return -1;
-      }
-      len += 4;
-      const auto left = static_cast<size_t>(oend - op);
-      if (len > left) return -1;
-      CopyMatch(op, offset, len, left);
-      op += len;
+      op += (token & 15) + 4;
+    } else if (!Match(token, offset, ip, iend, op, oend)) {
+      return -1;
     }
     if (Stopped(kWhole, op, dst, stop)) return op - dst;
   }
