@@ -367,6 +367,13 @@ class NbdServer::Impl {
   void ReturnInlinePermit() { inline_readers--; }
   std::atomic<unsigned> inline_readers{0};
   unsigned max_inline_readers = 2;
+  // Whether a reader that handed requests to the pool yields its CPU before
+  // it reads the socket again (Connection::Recv): only when the process may
+  // run on one CPU, where the woken workers are what the yield lets run.
+  // On several CPUs shared with other processes a yield puts the reader
+  // behind whatever else is runnable there, the client included
+  // (docs/design.md, "A wake-up only for a job no worker has taken").
+  bool yield_after_handoff = false;
 
   std::atomic<uint64_t> connections{0};
   std::atomic<uint64_t> connections_total{0};
@@ -565,13 +572,14 @@ Connection::Io Connection::Recv(void* buf, size_t len) {
     // Small reads go through the buffer, which takes in every request the
     // client has pipelined with one call; large payloads go straight to
     // their destination.  What the last call took in goes to the pool first,
-    // and if no worker has taken it yet, the workers get the CPU before the
-    // socket is read again: on one CPU, reading at once takes in only the
-    // few requests that arrived meanwhile (4 KiB random reads at queue
-    // depth 16, four connections: 3.6 requests a recv() against 5.2), and
-    // starts the polling window for a client at queue depth 1 before its
-    // request has run, so the window ran out before the next one came.
-    if (SubmitPending()) sched_yield();
+    // and if no worker has taken it yet and the process runs on one CPU,
+    // the workers get it before the socket is read again: reading at once
+    // takes in only the few requests that arrived meanwhile (4 KiB random
+    // reads at queue depth 16, four connections: 3.6 requests a recv()
+    // against 5.2), and starts the polling window for a client at queue
+    // depth 1 before its request has run, so the window ran out before the
+    // next one came.
+    if (SubmitPending() && server_.yield_after_handoff) sched_yield();
     const bool direct = len >= kDirectRecvBytes;
     const size_t window = after_direct_ ? kAfterDirectRecvBytes : kRecvBufferBytes;
     const ssize_t n = direct ? ::recv(fd_.get(), p, len, MSG_DONTWAIT)
@@ -1280,7 +1288,9 @@ unsigned DefaultWorkerThreads(bool blocking_device) {
 
 NbdServer::Impl::Impl(BlockDevice* device, NbdServerOptions options)
     : dev(device), opts(std::move(options)) {
-  max_inline_readers = std::max(2u, UsableCpus());
+  const unsigned cpus = UsableCpus();
+  max_inline_readers = std::max(2u, cpus);
+  yield_after_handoff = cpus == 1;
   transmission_flags =
       nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendCache | nbd::kFlagCanMultiConn;
   if (opts.read_only) {
