@@ -25,6 +25,7 @@
 #   BENCH_MICRO_REPS       repetitions of each microbenchmark, interleaved; medians (default 5)
 #   BENCH_BUILD=0          use the binaries in BUILD_DIR as they are
 #   BENCH_INSITUD_ARGS     extra insitud options, e.g. "--io direct --threads 4"
+#   BENCH_PIN=0            servers and clients on every CPU, not CPU 1 and CPU 0
 #   BENCH_OUT              results directory (default bench/results)
 #   BENCH_DATASET_TARGETS  see bench/dataset.sh
 #
@@ -115,7 +116,7 @@ method_notes() {
   cat >"$OUT/method.md" <<EOF
 ## Method
 
-Servers run on CPU 1 and fio on CPU 0 (\`taskset\`). Each round runs every
+$PLACEMENT (\`taskset\`). Each round runs every
 target once, in the order \`$(xargs <<<"$BENCH_TARGETS")\`, so targets alternate
 and slow drifts of the machine hit all of them alike; a target's server is
 started for the round, runs every cell, and is stopped (SIGTERM) at its end.

@@ -14,10 +14,19 @@
 #                    -segNk with --segment NK, -noseg with --segment none
 #                    (otherwise the codec's default segments).
 # Servers run on CPU 1 and clients (fio, nbdcopy) on CPU 0, so client and
-# server never compete for a core and runs are comparable.
+# server never compete for a core and runs are comparable.  BENCH_PIN=0
+# lets both run on every CPU instead, as a deployment would.
 
-SERVER_CPU=1
-CLIENT_CPU=0
+if [[ ${BENCH_PIN:-1} == 0 ]]; then
+  SERVER_CPU="0-$(($(nproc) - 1))"
+  CLIENT_CPU=$SERVER_CPU
+  PLACEMENT="Servers and clients (fio, nbdcopy) run on any CPU (BENCH_PIN=0: $(nproc) CPUs, shared)"
+else
+  SERVER_CPU=1
+  CLIENT_CPU=0
+  PLACEMENT="Servers run on CPU 1 and clients (fio, nbdcopy) on CPU 0"
+fi
+export PLACEMENT
 PIDS=()  # every process started here, killed by id on exit
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
