@@ -369,7 +369,8 @@ class NbdServer::Impl {
   unsigned max_inline_readers = 2;
   // Whether a reader that handed requests to the pool yields its CPU before
   // it reads the socket again (Connection::Recv): only when the process may
-  // run on one CPU, where the woken workers are what the yield lets run.
+  // run on one CPU (its affinity when the server was made), where the woken
+  // workers are what the yield lets run.
   // On several CPUs shared with other processes a yield puts the reader
   // behind whatever else is runnable there, the client included
   // (docs/design.md, "A wake-up only for a job no worker has taken").
@@ -441,6 +442,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool SubmitPending();
   // No request of this connection is in flight but the one just read.
   bool Alone();
+  // Whether a request of this connection is in flight (not yet answered).
+  bool Busy();
   // The reader may run reads itself: it holds one of the server's permits
   // (taken at its first lone read) and its standby runs.
   bool CanRunInline();
@@ -492,6 +495,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // role_): the reader counts, the standby ends the streak.
   static constexpr uint32_t kLoneStreakToPoll = 8;
   uint32_t lone_streak_ = 0;
+  // How many polling windows a reader may spend waiting for its client's
+  // request to be answered before the client's own window starts
+  // (PollForRequest).
+  static constexpr int kPollWhileRunning = 8;
 
   // The reading role.  A read request that arrives while nothing else of
   // the connection is in flight or received runs on the reader itself:
@@ -614,9 +621,16 @@ bool Connection::PollForRequest() {
   // none was read since, so at most that one is in flight now: polling
   // never competes with a batch the workers run.
   if (us == 0 || lone_streak_ < kLoneStreakToPoll) return false;
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  // The window is the client's turn: it starts once the request in flight
+  // (a write, on a worker) has been answered, not when the reader handed it
+  // over, so that a request that takes longer than the window does not use
+  // it up.  Waiting for the answer counts against kPollWhileRunning windows.
+  const auto window = std::chrono::microseconds(us);
+  const auto start = std::chrono::steady_clock::now();
+  const auto latest = start + kPollWhileRunning * window;
+  auto until = start + window;
   pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {server_.stop_fd.get(), POLLIN, 0}};
-  do {
+  for (;;) {
     if (::poll(fds, 2, 0) > 0) {
       // Stopping: the blocking poll in Recv() sees it at once.
       if (fds[1].revents != 0) return false;
@@ -625,8 +639,10 @@ bool Connection::PollForRequest() {
       return true;
     }
     sched_yield();  // a worker or another reader on this CPU goes first
-  } while (std::chrono::steady_clock::now() < until);
-  return false;
+    const auto now = std::chrono::steady_clock::now();
+    if (Busy()) until = std::min(latest, now + window);
+    if (now >= until) return false;
+  }
 }
 
 Connection::Io Connection::Skip(uint64_t len) {
@@ -930,6 +946,11 @@ Connection::Read Connection::ReadRequest(Job* job) {
 bool Connection::Alone() {
   std::lock_guard<std::mutex> lock(budget_mu_);
   return inflight_requests_ == 1;
+}
+
+bool Connection::Busy() {
+  std::lock_guard<std::mutex> lock(budget_mu_);
+  return inflight_requests_ != 0;
 }
 
 bool Connection::CanRunInline() {

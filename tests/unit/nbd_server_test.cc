@@ -62,6 +62,17 @@ class RecordingDevice : public MemDevice {
   std::atomic<int> writes{0}, fua_writes{0}, flushes{0}, discards{0}, zeroes{0}, fua_zeroes{0};
 };
 
+// Writes take as long as the test says.
+class SlowWriteDevice : public MemDevice {
+ public:
+  using MemDevice::MemDevice;
+  Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(write_ms.load()));
+    return MemDevice::Write(offset, buf, len, fua);
+  }
+  std::atomic<int> write_ms{0};
+};
+
 // 1 MiB: data, then a hole reported in 4 KiB pieces (to be merged), then
 // zeros that are allocated, then a hole to the end.
 class HoleyDevice : public MemDevice {
@@ -1179,6 +1190,48 @@ TEST(NbdServerTest, AClientAtQueueDepthOneIsPolledFor) {
     lone_read();
     EXPECT_LE(harness.server.Counters().poll_hits, hits + 1);
   }
+}
+
+// A lone write (run by a worker) that takes longer than the polling window
+// does not use the window up: the reader polls while the write runs, and
+// the window starts at the reply, so the client's next request is found
+// polling.  A write that takes longer than kPollWhileRunning windows sends
+// the reader to sleep.
+TEST(NbdServerTest, ALoneWriteLongerThanThePollingWindowLeavesTheWindowToTheClient) {
+  SlowWriteDevice dev(kMiB);
+  NbdServerOptions opts;
+  // 100 ms, so that a loaded machine still answers within the window; a
+  // reader polls for up to 800 ms while a request runs.
+  opts.poll_us = 100000;
+  opts.threads = 1;
+  Harness harness(&dev, opts);
+  RawClient c(harness.sock);
+  ASSERT_TRUE(c.EnterTransmission());
+  uint64_t cookie = 1;
+  const std::vector<uint8_t> block(4096, 0x5a);
+  // Each write goes out 10 ms after the one before was answered: well
+  // inside the window, and late enough that the worker that answered has
+  // also let go of the request (else the reader finds two in flight and
+  // the streak ends).
+  const auto lone_write = [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(c.Request(0, nbd::kCmdWrite, cookie, 0, 4096).Bytes(block).Flush());
+    ASSERT_EQ(c.ReadSimpleReply(cookie++), 0u);
+  };
+  for (int i = 0; i < 10; i++) lone_write();  // a streak: the reader polls from now on
+  dev.write_ms = 250;
+  lone_write();  // it may be found polling after the fast one before it
+  const uint64_t before = harness.server.Counters().poll_hits;
+  for (int i = 0; i < 3; i++) lone_write();
+  // Each of the 3 came after a 250 ms write and was found polling (a
+  // loaded machine may miss one).
+  EXPECT_GE(harness.server.Counters().poll_hits, before + 2);
+  dev.write_ms = 1200;  // longer than 8 windows: the reader sleeps before the reply
+  lone_write();
+  const uint64_t after_long = harness.server.Counters().poll_hits;
+  dev.write_ms = 0;
+  lone_write();
+  EXPECT_EQ(harness.server.Counters().poll_hits, after_long);
 }
 
 // Requests held for one hand-over go to the pool before the reader waits
