@@ -370,10 +370,10 @@ class NbdServer::Impl {
   // Whether a reader that handed requests to the pool yields its CPU before
   // it reads the socket again (Connection::Recv): only when the process may
   // run on one CPU (its affinity when the server was made), where the woken
-  // workers are what the yield lets run.
-  // On several CPUs shared with other processes a yield puts the reader
-  // behind whatever else is runnable there, the client included
-  // (docs/design.md, "A wake-up only for a job no worker has taken").
+  // workers are what the yield lets run.  On several CPUs shared with other
+  // processes a yield puts the reader behind whatever else is runnable
+  // there, the client included (docs/design.md, "A wake-up only for a job
+  // no worker has taken").
   bool yield_after_handoff = false;
 
   std::atomic<uint64_t> connections{0};
@@ -583,9 +583,7 @@ Connection::Io Connection::Recv(void* buf, size_t len) {
     // the workers get it before the socket is read again: reading at once
     // takes in only the few requests that arrived meanwhile (4 KiB random
     // reads at queue depth 16, four connections: 3.6 requests a recv()
-    // against 5.2), and starts the polling window for a client at queue
-    // depth 1 before its request has run, so the window ran out before the
-    // next one came.
+    // against 5.2).
     if (SubmitPending() && server_.yield_after_handoff) sched_yield();
     const bool direct = len >= kDirectRecvBytes;
     const size_t window = after_direct_ ? kAfterDirectRecvBytes : kRecvBufferBytes;
