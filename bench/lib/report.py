@@ -206,9 +206,9 @@ def dataset_markdown(rows):
             f"{fmt_bytes(nonzero)} of non-zero 4 KiB blocks) is an ext4 file system built with "
             f"`mkfs.ext4 -d` from {first['source']}. `nbdcopy --flush` copies it into a "
             f"fresh target. {os.environ.get('PLACEMENT', 'CPU placement not recorded')}. "
-            "MB/s is image bytes over wall time. After a clean stop: the counters of `insitu dump`, and the "
-            "allocated size of the backing file (st_blocks × 512). \"Data\" below is the "
-            "image's non-zero data.\n",
+            "MB/s is image bytes over wall time. After a clean stop: the counters of "
+            "`insitu dump`, and the allocated size of the backing file (st_blocks × 512). "
+            "\"Data\" below is the image's non-zero data.\n",
             "Targets: allocated ≤ 0.25× data with zstd:1, ≤ 0.30× with lz4 and lzo; "
             "metadata ≤ 1 % of payload bytes in write-back mode.\n"]
     header = ["target", "MB/s", "server CPU s", "compression", "payload written",

@@ -440,10 +440,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // queued jobs).
   void Dispatch(Job job);
   bool SubmitPending();
-  // No request of this connection is in flight but the one just read.
-  bool Alone();
-  // Whether a request of this connection is in flight (not yet answered).
-  bool Busy();
+  // Requests of this connection in flight: read and not yet answered.
+  uint64_t InFlight();
   // The reader may run reads itself: it holds one of the server's permits
   // (taken at its first lone read) and its standby runs.
   bool CanRunInline();
@@ -638,7 +636,7 @@ bool Connection::PollForRequest() {
     }
     sched_yield();  // a worker or another reader on this CPU goes first
     const auto now = std::chrono::steady_clock::now();
-    if (Busy()) until = std::min(latest, now + window);
+    if (InFlight() != 0) until = std::min(latest, now + window);
     if (now >= until) return false;
   }
 }
@@ -873,7 +871,7 @@ void Connection::Transmit() {
     const Read read = ReadRequest(&job);
     if (read == Read::kClose) break;
     if (read == Read::kReplied) continue;
-    const bool lone = !Buffered() && Alone();
+    const bool lone = !Buffered() && InFlight() == 1;  // only the request just read
     lone_streak_ = lone ? lone_streak_ + 1 : 0;
     if (job.req.type == nbd::kCmdRead && lone && CanRunInline()) {
       if (!RunWithStandby(job)) break;
@@ -941,14 +939,9 @@ Connection::Read Connection::ReadRequest(Job* job) {
   return Read::kJob;
 }
 
-bool Connection::Alone() {
+uint64_t Connection::InFlight() {
   std::lock_guard<std::mutex> lock(budget_mu_);
-  return inflight_requests_ == 1;
-}
-
-bool Connection::Busy() {
-  std::lock_guard<std::mutex> lock(budget_mu_);
-  return inflight_requests_ != 0;
+  return inflight_requests_;
 }
 
 bool Connection::CanRunInline() {
