@@ -440,8 +440,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // queued jobs).
   void Dispatch(Job job);
   bool SubmitPending();
-  // Requests of this connection in flight: read and not yet answered.
-  uint64_t InFlight();
+  // Requests of this connection read and not yet answered (unanswered_).
+  uint64_t Unanswered() const { return unanswered_.load(); }
   // The reader may run reads itself: it holds one of the server's permits
   // (taken at its first lone read) and its standby runs.
   bool CanRunInline();
@@ -533,6 +533,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::condition_variable budget_cv_;
   uint64_t inflight_bytes_ = 0;
   uint64_t inflight_requests_ = 0;
+  // Requests read whose replies have not yet gone to the socket.  Unlike
+  // inflight_requests_, which drops after the reply is written, this drops
+  // before: a client at queue depth 1 may send its next request as soon as
+  // it has the reply, and the reader must then see only that one, or the
+  // lone streak ends by a race with the worker that answered.
+  std::atomic<uint64_t> unanswered_{0};
 
   // Jobs of this connection submitted to the pool and not yet taken by a
   // worker.  While there are any, replies wait in send_queue_ for the
@@ -636,7 +642,7 @@ bool Connection::PollForRequest() {
     }
     sched_yield();  // a worker or another reader on this CPU goes first
     const auto now = std::chrono::steady_clock::now();
-    if (InFlight() != 0) until = std::min(latest, now + window);
+    if (Unanswered() != 0) until = std::min(latest, now + window);
     if (now >= until) return false;
   }
 }
@@ -871,7 +877,7 @@ void Connection::Transmit() {
     const Read read = ReadRequest(&job);
     if (read == Read::kClose) break;
     if (read == Read::kReplied) continue;
-    const bool lone = !Buffered() && InFlight() == 1;  // only the request just read
+    const bool lone = !Buffered() && Unanswered() == 1;  // only the request just read
     lone_streak_ = lone ? lone_streak_ + 1 : 0;
     if (job.req.type == nbd::kCmdRead && lone && CanRunInline()) {
       if (!RunWithStandby(job)) break;
@@ -923,6 +929,7 @@ Connection::Read Connection::ReadRequest(Job* job) {
     // past to find the next request.
     const Io io = job->data ? Recv(job->data.get(), req.length) : Skip(req.length);
     if (io != Io::kOk) {
+      unanswered_--;
       Release(charge);
       return Read::kClose;
     }
@@ -937,11 +944,6 @@ Connection::Read Connection::ReadRequest(Job* job) {
     return Read::kReplied;
   }
   return Read::kJob;
-}
-
-uint64_t Connection::InFlight() {
-  std::lock_guard<std::mutex> lock(budget_mu_);
-  return inflight_requests_;
 }
 
 bool Connection::CanRunInline() {
@@ -1069,6 +1071,7 @@ void Connection::Reserve(uint64_t charge) {
   budget_cv_.wait(lock, admits);
   inflight_bytes_ += charge;
   inflight_requests_++;
+  unanswered_++;
   server_.in_flight++;
 }
 
@@ -1223,6 +1226,7 @@ void Connection::SendAsRole() {
       }
       batch.swap(send_queue_);
     }
+    unanswered_ -= batch.size();
     WriteBatch(&batch);
     uint64_t charge = 0;
     const uint64_t count = batch.size();
