@@ -21,6 +21,7 @@
 //
 // Exit status: 0 after a clean shutdown, 1 when the volume could not be
 // opened, served or closed cleanly, 2 for an invalid command line.
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -330,6 +332,13 @@ int Main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
+
+  // Threads share glibc's arenas, at most one per CPU: reader threads,
+  // which run their connections' lone writes (libcore/nbd/server.h), end
+  // with their connections, and what each freed (its write state, deferred
+  // copies) would otherwise stay behind in an arena of its own (peak anon
+  // RSS over the bench's runs on a codec-none volume 55 MiB, capped 42).
+  mallopt(M_ARENA_MAX, static_cast<int>(std::max(2u, UsableCpus())));
 
   // Before any thread exists, so that all of them inherit the mask.
   sigset_t signals;

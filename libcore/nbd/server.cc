@@ -348,15 +348,14 @@ class NbdServer::Impl {
   std::deque<IdleWorker> parked;  // one per worker; outlives the threads
   std::vector<std::thread> workers;
 
-  // Readers that may run reads themselves (Connection::role_).  Each such
-  // thread builds the volume's per-thread read state (three 128 KiB
-  // buffers, codec contexts, an io_uring ring) as a worker does, so their
-  // number is bounded like the workers', by the CPUs, instead of growing
-  // with the connections.  A connection keeps its permit until it ends.
-  // Writes always go to the pool: run on readers, whose threads end with
-  // their connections, their per-thread state and deferred copies left
-  // glibc's heaps fragmented (peak anon RSS 46-61 MiB against 26-31 MiB
-  // over 20 fio runs on a codec-none volume), for little gain.
+  // Readers that may run lone reads and writes themselves
+  // (Connection::role_).  Each such thread builds the volume's per-thread
+  // read and write state (six 128 KiB buffers, codec contexts, an io_uring
+  // ring) as a worker does, so their number is bounded like the workers',
+  // by the CPUs, instead of growing with the connections.  A connection
+  // keeps its permit until it ends.  Reader threads end with their
+  // connections; what they freed stays in glibc's arenas, which insitud
+  // caps at the CPUs (M_ARENA_MAX) so that the next threads reuse it.
   bool TakeInlinePermit() {
     unsigned n = inline_readers.load();
     while (n < max_inline_readers) {
@@ -390,7 +389,7 @@ namespace {
 
 // One client connection.  The reader thread runs Serve(); workers run
 // Execute() and, through Send(), write replies; so does the reader for a
-// lone read, while the standby thread watches the socket (role_).  The
+// lone read or write, while the standby thread watches the socket (role_).  The
 // socket stays open until the last reference goes, but is shut down when
 // Serve() ends.
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -442,8 +441,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool SubmitPending();
   // Requests of this connection read and not yet answered (unanswered_).
   uint64_t Unanswered() const { return unanswered_.load(); }
-  // The reader may run reads itself: it holds one of the server's permits
-  // (taken at its first lone read) and its standby runs.
+  // The reader may run requests itself: it holds one of the server's
+  // permits (taken at its first lone read or write) and its standby runs.
   bool CanRunInline();
   bool StartStandby();
   void StopStandby();
@@ -498,7 +497,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // (PollForRequest).
   static constexpr int kPollWhileRunning = 8;
 
-  // The reading role.  A read request that arrives while nothing else of
+  // The reading role.  A read or write that arrives while nothing else of
   // the connection is in flight or received runs on the reader itself:
   // handing it to a worker costs a wake-up and two context switches, the
   // largest share of a request at queue depth 1 (lz4 4 KiB random reads
@@ -879,7 +878,8 @@ void Connection::Transmit() {
     if (read == Read::kReplied) continue;
     const bool lone = !Buffered() && Unanswered() == 1;  // only the request just read
     lone_streak_ = lone ? lone_streak_ + 1 : 0;
-    if (job.req.type == nbd::kCmdRead && lone && CanRunInline()) {
+    const bool read_or_write = job.req.type == nbd::kCmdRead || job.req.type == nbd::kCmdWrite;
+    if (read_or_write && lone && CanRunInline()) {
       if (!RunWithStandby(job)) break;
       continue;
     }
@@ -1279,8 +1279,6 @@ void Connection::WriteBatch(std::deque<Reply>* batch) {
 
 // ---- NbdServer::Impl -----------------------------------------------------
 
-namespace {
-
 unsigned UsableCpus() {
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -1289,8 +1287,6 @@ unsigned UsableCpus() {
   }
   return std::max(1u, std::thread::hardware_concurrency());
 }
-
-}  // namespace
 
 unsigned DefaultWorkerThreads(bool blocking_device) {
   const unsigned cpus = UsableCpus();

@@ -8,12 +8,12 @@
 // requests run on a worker pool shared by all connections (`threads`
 // workers), handed over all at once for what one recv() took in, and are
 // answered in completion order, not request order, as the protocol
-// allows.  A read that is its connection's only request in flight
-// runs on the reader instead (a hand-over costs a wake-up and two context
-// switches), on at most as many connections at a time as there are CPUs
-// (at least 2); meanwhile a standby thread of the connection, woken by a
-// one-shot epoll watch, reads whatever the client sends behind it and
-// hands that to the pool, so a slow lone read holds nothing up.  Payload
+// allows.  A read or write that is its connection's only request in
+// flight runs on the reader instead (a hand-over costs a wake-up and two
+// context switches), on at most as many connections at a time as there
+// are CPUs (at least 2); meanwhile a standby thread of the connection,
+// woken by a one-shot epoll watch, reads whatever the client sends behind
+// it and hands that to the pool, so a slow lone request holds nothing up.  Payload
 // buffers come from nbd::BufferPool.  Replies of one connection are
 // written by whichever worker holds that connection's send role: a worker
 // that finds another one writing leaves its reply in the queue and returns
@@ -102,7 +102,7 @@ struct NbdServerOptions {
 struct NbdServerCounters {
   uint64_t connections = 0;  // open now
   uint64_t connections_total = 0;
-  // connections whose reader runs their lone reads itself, each with a
+  // connections whose reader runs their lone reads and writes itself, each with a
   // standby thread (at most max(2, usable CPUs); kept until they close)
   uint64_t inline_readers = 0;
   uint64_t requests_in_flight = 0;
@@ -115,6 +115,9 @@ struct NbdServerCounters {
   uint64_t bytes_read = 0;     // bytes clients read (successful NBD_CMD_READ)
   uint64_t bytes_written = 0;  // bytes clients wrote (successful NBD_CMD_WRITE)
 };
+
+// The CPUs the process may run on (its affinity mask), at least 1.
+unsigned UsableCpus();
 
 // Worker threads for a device whose I/O mostly does not block (page cache)
 // or mostly does (direct I/O): a few per CPU the process may run on, or

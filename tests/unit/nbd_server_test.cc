@@ -62,7 +62,7 @@ class RecordingDevice : public MemDevice {
   std::atomic<int> writes{0}, fua_writes{0}, flushes{0}, discards{0}, zeroes{0}, fua_zeroes{0};
 };
 
-// Writes take as long as the test says.
+// Writes and flushes take as long as the test says.
 class SlowWriteDevice : public MemDevice {
  public:
   using MemDevice::MemDevice;
@@ -70,7 +70,11 @@ class SlowWriteDevice : public MemDevice {
     std::this_thread::sleep_for(std::chrono::milliseconds(write_ms.load()));
     return MemDevice::Write(offset, buf, len, fua);
   }
-  std::atomic<int> write_ms{0};
+  Status Flush() override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(flush_ms.load()));
+    return MemDevice::Flush();
+  }
+  std::atomic<int> write_ms{0}, flush_ms{0};
 };
 
 // 1 MiB: data, then a hole reported in 4 KiB pieces (to be merged), then
@@ -699,25 +703,36 @@ TEST(NbdServerTest, LargeReadRepliesDoNotWait) {
   ExpectRepliesBeforeTheSecondGate({{0, 4096}, {65536, 65536}, {0, 4096}, {8192, 4096}}, 2);
 }
 
+// One worker over gated reads, and a connection `a` with two reads blocked
+// at the gate: the first on a's reader (a's first request, so surely
+// alone), the second, read by the standby meanwhile, on the worker.
+struct BlockedWorker {
+  BlockedWorker() {
+    EXPECT_NE(a, nullptr) << nbd_get_error();
+    EXPECT_GE(nbd_aio_pread(a.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
+    EXPECT_TRUE(server.dev.WaitEntered(1));
+    EXPECT_GE(nbd_aio_pread(a.get(), bufs[1].data(), 4096, 0, Callback(&done[1]), 0), 1);
+    EXPECT_TRUE(server.dev.WaitEntered(2));
+  }
+  // Both of a's reads are still blocked, two readers run requests; then
+  // the gate opens and they complete.
+  void ExpectBlockedThenOpen() {
+    EXPECT_FALSE(done[0].done || done[1].done);
+    EXPECT_EQ(server.harness.server.Counters().inline_readers, 2u);
+    server.dev.Open();
+    EXPECT_TRUE(PollUntil(a.get(), [&] { return done[0].done && done[1].done; }));
+  }
+  OneWorkerOverGatedReads server;
+  Nbd a = server.harness.Connect();
+  std::vector<std::vector<uint8_t>> bufs{2, std::vector<uint8_t>(4096)};
+  std::vector<Completion> done{2};
+};
+
 // A connection's only read runs on its reader, not on a worker: with the
 // one worker blocked, another client's read still completes.
 TEST(NbdServerTest, ALoneReadNeedsNoWorker) {
-  OneWorkerOverGatedReads server;
-  GatedDevice& dev = server.dev;
-  Harness& harness = server.harness;
-  Nbd a = harness.Connect();
-  ASSERT_NE(a, nullptr) << nbd_get_error();
-  std::vector<std::vector<uint8_t>> bufs(2, std::vector<uint8_t>(4096));
-  std::vector<Completion> done(2);
-  // The first runs on a's reader (a's first request, so surely alone: a
-  // reply leaves before its request stops counting as in flight); the
-  // second, read by the standby while the first is blocked, on the worker.
-  ASSERT_GE(nbd_aio_pread(a.get(), bufs[0].data(), 4096, 0, Callback(&done[0]), 0), 1);
-  ASSERT_TRUE(dev.WaitEntered(1));
-  ASSERT_GE(nbd_aio_pread(a.get(), bufs[1].data(), 4096, 0, Callback(&done[1]), 0), 1);
-  ASSERT_TRUE(dev.WaitEntered(2));
-
-  Nbd b = harness.Connect();
+  BlockedWorker blocked;
+  Nbd b = blocked.server.harness.Connect();
   ASSERT_NE(b, nullptr) << nbd_get_error();
   Completion read_b;
   std::vector<uint8_t> back(4096, 0xaa);
@@ -725,10 +740,24 @@ TEST(NbdServerTest, ALoneReadNeedsNoWorker) {
   ASSERT_TRUE(PollUntil(b.get(), [&] { return read_b.done; }));
   EXPECT_EQ(read_b.error, 0);
   EXPECT_EQ(back, std::vector<uint8_t>(4096, 0));
-  EXPECT_FALSE(done[0].done || done[1].done);
-  EXPECT_EQ(harness.server.Counters().inline_readers, 2u);
-  dev.Open();
-  ASSERT_TRUE(PollUntil(a.get(), [&] { return done[0].done && done[1].done; }));
+  blocked.ExpectBlockedThenOpen();
+}
+
+// A lone write runs on the reader too: with the one worker blocked, a new
+// connection's first request, a write, completes.
+TEST(NbdServerTest, ALoneWriteNeedsNoWorker) {
+  BlockedWorker blocked;
+  Nbd b = blocked.server.harness.Connect();
+  ASSERT_NE(b, nullptr) << nbd_get_error();
+  const std::vector<uint8_t> written(4096, 0x5c);
+  Completion write_b;
+  ASSERT_GE(nbd_aio_pwrite(b.get(), written.data(), 4096, 8192, Callback(&write_b), 0), 1);
+  ASSERT_TRUE(PollUntil(b.get(), [&] { return write_b.done; }));
+  EXPECT_EQ(write_b.error, 0);
+  blocked.ExpectBlockedThenOpen();
+  std::vector<uint8_t> back(4096);
+  ASSERT_TRUE(blocked.server.dev.Read(8192, back.data(), back.size()).ok());
+  EXPECT_EQ(back, written);
 }
 
 // While it lives, the process can open no descriptor: the soft
@@ -1192,12 +1221,12 @@ TEST(NbdServerTest, AClientAtQueueDepthOneIsPolledFor) {
   }
 }
 
-// A lone write (run by a worker) that takes longer than the polling window
-// does not use the window up: the reader polls while the write runs, and
-// the window starts at the reply, so the client's next request is found
-// polling.  A write that takes longer than kPollWhileRunning windows sends
-// the reader to sleep.
-TEST(NbdServerTest, ALoneWriteLongerThanThePollingWindowLeavesTheWindowToTheClient) {
+// A lone request that runs on a worker (a flush: only reads and writes run
+// on the reader) and takes longer than the polling window does not use the
+// window up: the reader polls while it runs, and the window starts at the
+// reply, so the client's next request is found polling.  A request that
+// takes longer than kPollWhileRunning windows sends the reader to sleep.
+TEST(NbdServerTest, ALoneRequestOnAWorkerLeavesThePollingWindowToTheClient) {
   SlowWriteDevice dev(kMiB);
   NbdServerOptions opts;
   // 100 ms, so that a loaded machine still answers within the window; a
@@ -1208,28 +1237,27 @@ TEST(NbdServerTest, ALoneWriteLongerThanThePollingWindowLeavesTheWindowToTheClie
   RawClient c(harness.sock);
   ASSERT_TRUE(c.EnterTransmission());
   uint64_t cookie = 1;
-  const std::vector<uint8_t> block(4096, 0x5a);
-  // Each write goes out as soon as the one before was answered, while the
+  // Each flush goes out as soon as the one before was answered, while the
   // worker that answered may still be letting go of it: the reader must
   // count that one as answered, or it finds two in flight and the streak
   // ends.
-  const auto lone_write = [&] {
-    ASSERT_TRUE(c.Request(0, nbd::kCmdWrite, cookie, 0, 4096).Bytes(block).Flush());
+  const auto lone_flush = [&] {
+    ASSERT_TRUE(c.Request(0, nbd::kCmdFlush, cookie, 0, 0).Flush());
     ASSERT_EQ(c.ReadSimpleReply(cookie++), 0u);
   };
-  for (int i = 0; i < 10; i++) lone_write();  // a streak: the reader polls from now on
-  dev.write_ms = 250;
-  lone_write();  // it may be found polling after the fast one before it
+  for (int i = 0; i < 10; i++) lone_flush();  // a streak: the reader polls from now on
+  dev.flush_ms = 250;
+  lone_flush();  // it may be found polling after the fast one before it
   const uint64_t before = harness.server.Counters().poll_hits;
-  for (int i = 0; i < 3; i++) lone_write();
-  // Each of the 3 came after a 250 ms write and was found polling (a
+  for (int i = 0; i < 3; i++) lone_flush();
+  // Each of the 3 came after a 250 ms flush and was found polling (a
   // loaded machine may miss one).
   EXPECT_GE(harness.server.Counters().poll_hits, before + 2);
-  dev.write_ms = 1200;  // longer than 8 windows: the reader sleeps before the reply
-  lone_write();
+  dev.flush_ms = 1200;  // longer than 8 windows: the reader sleeps before the reply
+  lone_flush();
   const uint64_t after_long = harness.server.Counters().poll_hits;
-  dev.write_ms = 0;
-  lone_write();
+  dev.flush_ms = 0;
+  lone_flush();
   EXPECT_EQ(harness.server.Counters().poll_hits, after_long);
 }
 
