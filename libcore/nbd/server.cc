@@ -389,9 +389,9 @@ namespace {
 
 // One client connection.  The reader thread runs Serve(); workers run
 // Execute() and, through Send(), write replies; so does the reader for a
-// lone read or write, while the standby thread watches the socket (role_).  The
-// socket stays open until the last reference goes, but is shut down when
-// Serve() ends.
+// lone read or write, while the standby thread watches the socket
+// (role_).  The socket stays open until the last reference goes, but is
+// shut down when Serve() ends.
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(NbdServer::Impl* server, UniqueFd fd, std::string peer)

@@ -13,8 +13,8 @@
 // context switches), on at most as many connections at a time as there
 // are CPUs (at least 2); meanwhile a standby thread of the connection,
 // woken by a one-shot epoll watch, reads whatever the client sends behind
-// it and hands that to the pool, so a slow lone request holds nothing up.  Payload
-// buffers come from nbd::BufferPool.  Replies of one connection are
+// it and hands that to the pool, so a slow lone request holds nothing up.
+// Payload buffers come from nbd::BufferPool.  Replies of one connection are
 // written by whichever worker holds that connection's send role: a worker
 // that finds another one writing leaves its reply in the queue and returns
 // to the pool, so a slow client occupies at most one worker at a time.
@@ -102,8 +102,9 @@ struct NbdServerOptions {
 struct NbdServerCounters {
   uint64_t connections = 0;  // open now
   uint64_t connections_total = 0;
-  // connections whose reader runs their lone reads and writes itself, each with a
-  // standby thread (at most max(2, usable CPUs); kept until they close)
+  // connections whose reader runs their lone reads and writes itself, each
+  // with a standby thread (at most max(2, usable CPUs); kept until they
+  // close)
   uint64_t inline_readers = 0;
   uint64_t requests_in_flight = 0;
   uint64_t requests_total = 0;  // requests received, including rejected ones
