@@ -623,9 +623,10 @@ bool Connection::PollForRequest() {
   // never competes with a batch the workers run.
   if (us == 0 || lone_streak_ < kLoneStreakToPoll) return false;
   // The window is the client's turn: it starts once the request in flight
-  // (a write, on a worker) has been answered, not when the reader handed it
-  // over, so that a request that takes longer than the window does not use
-  // it up.  Waiting for the answer counts against kPollWhileRunning windows.
+  // (one that runs on a worker: a flush, or any request of a connection
+  // without an inline permit) has been answered, not when the reader handed
+  // it over, so that a request that takes longer than the window does not
+  // use it up.  Waiting for the answer counts against kPollWhileRunning windows.
   const auto window = std::chrono::microseconds(us);
   const auto start = std::chrono::steady_clock::now();
   const auto latest = start + kPollWhileRunning * window;
