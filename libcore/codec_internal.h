@@ -15,8 +15,8 @@ namespace insitu::codec_internal {
 // on the same thread.
 uint8_t* ThreadScratch(size_t n);
 
-// lzo, zlib and zstd cannot compress into a buffer sized exactly for their
-// output (lzo never checks the bound; zlib and zstd keep a few bytes of
+// lzo, libdeflate and zstd cannot compress into a buffer sized exactly for
+// their output (lzo never checks the bound; the others keep a few bytes of
 // slack and give up early), so a Compress() whose cap is below the
 // library's worst case `bound` runs `compress(out, out_cap)` into scratch
 // and copies the result if it fits.  `compress` returns the compressed

@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   # build
   build-essential cmake pkg-config clang libclang-rt-14-dev llvm
-  liburing-dev libzstd-dev liblz4-dev liblzo2-dev zlib1g-dev
+  liburing-dev libzstd-dev liblz4-dev liblzo2-dev zlib1g-dev libdeflate-dev
   libcli11-dev nlohmann-json3-dev libnbd-dev
   # tests
   libgtest-dev libgmock-dev libnbd-bin python3-libnbd nbdkit fuse3

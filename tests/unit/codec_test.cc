@@ -1,6 +1,7 @@
 #include "libcore/codec.h"
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -391,6 +392,64 @@ TEST(CodecSpecTest, TighterOutputDecodesWithTheVolumesCodec) {
     std::vector<uint8_t> out;
     ASSERT_TRUE(DecompressChecked(*codec, payload, in.size(), &out).ok()) << text;
     EXPECT_EQ(out, in) << text;
+  }
+}
+
+// zlib's own raw deflate of `in` at `level` (0: stored blocks only).
+std::vector<uint8_t> ZlibDeflate(const std::vector<uint8_t>& in, int level) {
+  z_stream zs{};
+  EXPECT_EQ(deflateInit2(&zs, level, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  std::vector<uint8_t> out(deflateBound(&zs, in.size()));
+  zs.next_in = const_cast<Bytef*>(in.data());
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = out.data();
+  zs.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return out;
+}
+
+// The zlib codec compresses and decodes with libdeflate but reads short
+// prefixes with zlib's inflate(), and volumes written when it compressed
+// with zlib must still read: every stream either library makes decodes on
+// both of the codec's paths, and zlib inflates what the codec makes.
+TEST(CodecSpecTest, ZlibPayloadsOfEitherLibraryDecodeOnEveryPath) {
+  const size_t n = 128 * 1024;
+  for (const char* text : {"zlib:1", "zlib:6", "zlib:9"}) {
+    std::unique_ptr<Codec> codec = MakeCodec(text);
+    for (DataKind kind : {DataKind::kMixed, DataKind::kText, DataKind::kRandom}) {
+      const std::vector<uint8_t> in = MakeData(kind, n, 31);
+      for (int zlib_level : {0, 1, 6, 9}) {
+        const std::vector<uint8_t> payload = ZlibDeflate(in, zlib_level);
+        std::vector<uint8_t> out;
+        ASSERT_TRUE(DecompressChecked(*codec, payload, n, &out).ok()) << text << " " << zlib_level;
+        EXPECT_EQ(out, in) << text << " zlib level " << zlib_level;
+        for (size_t want : {size_t{4096}, n / 2}) {
+          std::vector<uint8_t> prefix(n);
+          ASSERT_TRUE(
+              codec->DecompressPrefix(payload.data(), payload.size(), prefix.data(), want, n).ok())
+              << text << " zlib level " << zlib_level << " want " << want;
+          EXPECT_TRUE(std::equal(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(want),
+                                 prefix.begin()))
+              << text << " zlib level " << zlib_level << " want " << want;
+        }
+      }
+      const std::vector<uint8_t> payload = CompressAll(*codec, in);
+      if (payload.empty()) continue;  // random data: stored raw
+      z_stream zs{};
+      ASSERT_EQ(inflateInit2(&zs, -15), Z_OK);
+      std::vector<uint8_t> out(n);
+      zs.next_in = const_cast<Bytef*>(payload.data());
+      zs.avail_in = static_cast<uInt>(payload.size());
+      zs.next_out = out.data();
+      zs.avail_out = static_cast<uInt>(n);
+      EXPECT_EQ(inflate(&zs, Z_FINISH), Z_STREAM_END) << text;
+      EXPECT_EQ(zs.avail_in, 0u) << text;
+      EXPECT_EQ(zs.total_out, n) << text;
+      inflateEnd(&zs);
+      EXPECT_EQ(out, in) << text;
+    }
   }
 }
 
