@@ -196,6 +196,24 @@ TEST_P(CodecTest, RejectsTruncatedPayloads) {
   }
 }
 
+// Bytes after a complete stream mean the payload's length was wrong: the
+// codec must not decode the stream and ignore them.
+TEST_P(CodecTest, RejectsBytesAfterTheStream) {
+  const std::vector<uint8_t> in = MakeData(DataKind::kMixed, 32768, 10);
+  const std::vector<uint8_t> payload = is_none() ? in : CompressAll(*codec_, in);
+  ASSERT_FALSE(payload.empty());
+  std::vector<uint8_t> out;
+  for (size_t extra : {1, 3, 16}) {
+    for (uint8_t fill : {0x00, 0xAB}) {
+      std::vector<uint8_t> longer(payload);
+      longer.insert(longer.end(), extra, fill);
+      const Status st = DecompressChecked(*codec_, longer, in.size(), &out);
+      EXPECT_EQ(st.code(), Status::Code::kCorruption)
+          << extra << " extra bytes of " << static_cast<int>(fill);
+    }
+  }
+}
+
 // A flipped bit inside a literal can decode to different bytes of the right
 // length (the payload checksum catches that); the decoder must still never
 // fail any other way or touch memory outside its buffers.
