@@ -26,6 +26,9 @@ WORKLOADS = ["randread4k", "randwrite4k", "randrw4k", "seqread128k", "seqwrite12
 WRITE_WORKLOADS = {"randwrite4k", "seqwrite128k"}
 READ_WORKLOADS = {"randread4k", "seqread128k"}
 CODEC_OF = {"none": "none", "lz4": "lz4", "lzo": "lzo", "zstd1": "zstd:1", "zlib1": "zlib:1"}
+# A cell whose rounds differ by more than this factor (fastest over slowest)
+# is listed under "Rounds that disagree".
+SPREAD_LIMIT = 1.5
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -282,6 +285,17 @@ class Matrix:
     def value(self, target, workload, cell):
         return self.median(target, workload, cell, self.metric(workload)[0])
 
+    def round_values(self, target, workload, cell):
+        field = self.metric(workload)[0]
+        vals = [num(r[field]) for r in self.runs.get((target, workload) + cell, [])]
+        return [v for v in vals if v is not None]
+
+    def best_ratio(self, target, peer, workload, cell):
+        """target's median against the peer's fastest round: a peer's slow
+        round cannot flatter target."""
+        a, b = self.value(target, workload, cell), self.round_values(peer, workload, cell)
+        return a / max(b) if a is not None and b and max(b) else None
+
     def ratio(self, target, peer, workload, cell):
         a, b = self.value(target, workload, cell), self.value(peer, workload, cell)
         return a / b if a is not None and b else None
@@ -318,13 +332,18 @@ def peer_summary(m):
     insitu = [t for t in m.targets if is_insitu(t)]
     if not peers or not insitu:
         return ""
-    header = ["target"] + [f"×{p}" for p in peers] + [f"worst ×{PRIMARY}", "worst cell"]
+    primary = PRIMARY in peers
+    header = (["target"] + [f"×{p}" for p in peers] +
+              ([f"×{PRIMARY} best round"] if primary else []) + [f"worst ×{PRIMARY}", "worst cell"])
     body = []
     for t in insitu:
         row = [f"`{t}`"]
         for p in peers:
             row.append(fmt_ratio(geomean(
                 [m.ratio(t, p, w, c) for w in m.workloads for c in m.cells])))
+        if primary:
+            row.append(fmt_ratio(geomean(
+                [m.best_ratio(t, PRIMARY, w, c) for w in m.workloads for c in m.cells])))
         worst = None
         for w in m.workloads:
             for c in m.cells:
@@ -335,7 +354,30 @@ def peer_summary(m):
         body.append(row)
     return ("## insitu against every peer\n\nGeometric mean over all cells of the ratio "
             "insitu / peer (above 1: insitu faster), and the worst cell against "
-            f"`{PRIMARY}`.\n\n" + table(header, body))
+            f"`{PRIMARY}`. `×{PRIMARY} best round` takes, in every cell, the peer's fastest "
+            "round instead of its median, so that a peer's slow rounds cannot flatter "
+            "insitu.\n\n" + table(header, body))
+
+
+def round_spread(m):
+    """The cells whose rounds disagree by more than SPREAD_LIMIT."""
+    if m.rounds < 2:
+        return ""
+    body = []
+    for t in m.targets:
+        for w in m.workloads:
+            for c in m.cells:
+                vals = m.round_values(t, w, c)
+                if len(vals) < 2 or min(vals) <= 0 or max(vals) / min(vals) <= SPREAD_LIMIT:
+                    continue
+                show = fmt_int if m.metric(w)[1] == "IOPS" else fmt
+                body.append([f"`{t}`", w, cell_name(c), ", ".join(show(v) for v in vals),
+                             f"{max(vals) / min(vals):.2f}"])
+    intro = (f"## Rounds that disagree\n\nCells whose fastest round is more than {SPREAD_LIMIT}× "
+             "their slowest, in round order (IOPS or MB/s). A peer's cell here moves every "
+             "insitu ratio of that cell; the medians above hide which rounds were slow.\n")
+    return intro + ("\n" + table(["target", "workload", "cell", "rounds", "max/min"], body)
+                    if body else "\nNone.\n")
 
 
 def resource_table(m, target_rows, run_rows, range_bytes):
@@ -598,7 +640,7 @@ def cmd_results(out):
     if run_rows:
         m = Matrix(run_rows)
         range_bytes = int(config.get("range_bytes", 512 * MIB))
-        parts += [workload_tables(m), peer_summary(m),
+        parts += [workload_tables(m), peer_summary(m), round_spread(m),
                   resource_table(m, target_rows, run_rows, range_bytes),
                   streaming_table(m, micro)]
         pngs = [p for p in plots(m, out) if p]
