@@ -3,14 +3,15 @@
 // either library below, so volumes written by one read with the other.
 //
 // libdeflate compresses and decodes whole buffers, the way payloads are
-// made and mostly read, several times as fast as zlib (design.md, "Where
-// the time goes").  zlib's inflate() stays for a read of a short prefix of
-// an extent: it stops when its output buffer is full, and libdeflate
-// cannot stop early.  zlib's z_stream setup allocates ~256 KiB, so each
-// thread keeps one inflate stream and resets it between calls; likewise
-// one libdeflate decompressor, and one compressor, rebuilt when a codec of
-// another level compresses on the same thread.  A volume's level (1..9) is
-// libdeflate's level of that number.
+// made and mostly read, about twice as fast as zlib, three times when
+// decoding text (design.md, "Where the time goes").  zlib's inflate()
+// stays for a read of a short prefix of an extent: it stops when its
+// output buffer is full, and libdeflate cannot stop early.  zlib's
+// z_stream setup allocates ~256 KiB, so each thread keeps one inflate
+// stream and resets it between calls; likewise one libdeflate
+// decompressor, and one compressor, rebuilt when a codec of another level
+// compresses on the same thread.  A volume's level (1..9) is libdeflate's
+// level of that number.
 #include <libdeflate.h>
 #include <zlib.h>
 
@@ -25,7 +26,8 @@ namespace {
 // zlib's raw deflate, 32 KiB window.
 constexpr int kWindowBits = -15;
 
-// DecompressPrefix() below.
+// A prefix shorter than 1/kInflatePrefixShare of its extent is inflated,
+// a longer one decoded whole (DecompressPrefix() below).
 constexpr size_t kInflatePrefixShare = 2;
 
 struct CompressorFree {
