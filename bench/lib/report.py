@@ -274,9 +274,15 @@ class Matrix:
         self.runs = runs
         self.rounds = max((len(v) for v in runs.values()), default=0)
 
-    def median(self, target, workload, cell, field):
+    def values(self, target, workload, cell, field=None):
+        """The cell's figures in round order; field defaults to the workload's
+        metric."""
+        field = field or self.metric(workload)[0]
         vals = [num(r[field]) for r in self.runs.get((target, workload) + cell, [])]
-        vals = [v for v in vals if v is not None]
+        return [v for v in vals if v is not None]
+
+    def median(self, target, workload, cell, field):
+        vals = self.values(target, workload, cell, field)
         return statistics.median(vals) if vals else None
 
     def metric(self, workload):
@@ -285,15 +291,10 @@ class Matrix:
     def value(self, target, workload, cell):
         return self.median(target, workload, cell, self.metric(workload)[0])
 
-    def round_values(self, target, workload, cell):
-        field = self.metric(workload)[0]
-        vals = [num(r[field]) for r in self.runs.get((target, workload) + cell, [])]
-        return [v for v in vals if v is not None]
-
     def best_ratio(self, target, peer, workload, cell):
         """target's median against the peer's fastest round: a peer's slow
         round cannot flatter target."""
-        a, b = self.value(target, workload, cell), self.round_values(peer, workload, cell)
+        a, b = self.value(target, workload, cell), self.values(peer, workload, cell)
         return a / max(b) if a is not None and b and max(b) else None
 
     def ratio(self, target, peer, workload, cell):
@@ -367,7 +368,7 @@ def round_spread(m):
     for t in m.targets:
         for w in m.workloads:
             for c in m.cells:
-                vals = m.round_values(t, w, c)
+                vals = m.values(t, w, c)
                 if len(vals) < 2 or min(vals) <= 0 or max(vals) / min(vals) <= SPREAD_LIMIT:
                     continue
                 show = fmt_int if m.metric(w)[1] == "IOPS" else fmt
