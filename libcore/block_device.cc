@@ -9,6 +9,11 @@ Status BlockDevice::GetAllocation(uint64_t offset, uint64_t len, std::vector<All
   return Status::OK();
 }
 
+Status BlockDevice::FlushRange(uint64_t offset, uint64_t len) {
+  INSITU_RETURN_IF_ERROR(CheckRange(offset, len));
+  return Flush();
+}
+
 Status BlockDevice::CheckRange(uint64_t offset, uint64_t len) const {
   const uint64_t size = Size();
   if (offset > size || len > size - offset) {

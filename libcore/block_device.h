@@ -13,6 +13,10 @@
 //    (survives a crash or power loss) only after a later Flush() returns, or
 //    at once if `fua` was set.
 //  - Flush() makes every write that completed before it was called durable.
+//  - FlushRange(offset, len) makes durable at least every such write that
+//    lies inside [offset, offset+len); it may make more durable (the
+//    default is Flush()).  Callers use it when only some bytes must be
+//    durable before their next write: the others stay in the cache.
 //  - Discard() says the range is no longer needed; later reads of it return
 //    zeros on every implementation in this project (a file gets a punched
 //    hole, a volume marks the blocks unwritten).  A raw block device may only
@@ -51,6 +55,7 @@ class BlockDevice {
   virtual Status Read(uint64_t offset, void* buf, size_t len) = 0;
   virtual Status Write(uint64_t offset, const void* buf, size_t len, bool fua) = 0;
   virtual Status Flush() = 0;
+  virtual Status FlushRange(uint64_t offset, uint64_t len);
   virtual Status Discard(uint64_t offset, uint64_t len) = 0;
   virtual Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) = 0;
 

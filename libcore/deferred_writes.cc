@@ -90,7 +90,8 @@ Status DeferredWrites::Drain(uint64_t at_least) {
     batch.assign(queue_.begin(), queue_.end());
   }
   if (batch.empty()) return Status::OK();
-  INSITU_RETURN_IF_ERROR(dev_->Flush().Annotate("making undo records durable"));
+  INSITU_RETURN_IF_ERROR(
+      dev_->FlushRange(journal_offset_, journal_bytes_).Annotate("making undo records durable"));
   for (const EntryRef& e : batch) {
     INSITU_RETURN_IF_ERROR(dev_->Write(e->offset, e->bytes.data(), e->len, false)
                                .Annotate("writing a deferred overwrite"));

@@ -6,17 +6,22 @@
 // Writing each record with FUA costs a device flush per overwrite.  Instead
 // the write path writes the record without FUA, queues the overwrite here
 // and completes; Drain() later issues one flush for every queued record and
-// then the overwrites.  The volume drains in the background once
-// drain_bytes are queued (ShouldDrain) and makes writers drain themselves
-// only at twice that (MustDrain), so a writer rarely waits for the flush
-// and the queue holds at most about 2 x drain_bytes.  Until an overwrite
+// then the overwrites.  That flush covers only the journal's range of the
+// device (FlushRange): the records must be durable, while data written
+// since the last commit may stay in the cache until the next commit
+// flushes it, so a drain does not wait for its write-back.  The volume
+// drains in the background once drain_bytes are queued (ShouldDrain) and
+// makes writers drain themselves only at twice that (MustDrain), so a
+// writer rarely waits for the flush and the queue holds at most about
+// 2 x drain_bytes.  Until an overwrite
 // is drained, Read() returns its bytes in place of the device's, so the
 // volume reads as if it had been written.
 //
 // Invariants:
-//  - an entry is queued only after its undo record's write has completed,
-//    so the flush at the start of Drain() makes every drained entry's record
-//    durable before the entry is written;
+//  - an entry is queued only after its undo record's write (inside the
+//    journal range) has completed, so the flush at the start of Drain()
+//    makes every drained entry's record durable before the entry is
+//    written;
 //  - entries are drained in the order they were queued and leave the queue
 //    only after their device write completed, so Read() — which takes its
 //    overlapping entries before reading the device — never misses bytes;
@@ -59,8 +64,15 @@ struct WriteEpoch {
 
 class DeferredWrites {
  public:
-  // ShouldDrain() turns true once drain_bytes are queued.
-  DeferredWrites(BlockDevice* dev, uint64_t drain_bytes) : dev_(dev), drain_bytes_(drain_bytes) {}
+  // ShouldDrain() turns true once drain_bytes are queued.  The undo
+  // records live in the device's [journal_offset, journal_offset +
+  // journal_bytes).
+  DeferredWrites(BlockDevice* dev, uint64_t drain_bytes, uint64_t journal_offset,
+                 uint64_t journal_bytes)
+      : dev_(dev),
+        drain_bytes_(drain_bytes),
+        journal_offset_(journal_offset),
+        journal_bytes_(journal_bytes) {}
 
   // Queues a write of len bytes at device offset `offset` (copied), made
   // under `epoch`.
@@ -91,11 +103,12 @@ class DeferredWrites {
     return Overlaps(offset, len) ? nullptr : dev_->View(offset, len);
   }
 
-  // Flushes the device (making the undo records of the queued writes
-  // durable), then writes every queued write in order.  Does nothing when
-  // the queue is empty, or when fewer than at_least bytes are queued once
-  // this drain's turn comes (a drain that ran meanwhile took them: callers
-  // waiting for the same reason would otherwise each flush for a handful).
+  // Flushes the journal's range of the device (making the undo records of
+  // the queued writes durable), then writes every queued write in order.
+  // Does nothing when the queue is empty, or when fewer than at_least bytes
+  // are queued once this drain's turn comes (a drain that ran meanwhile
+  // took them: callers waiting for the same reason would otherwise each
+  // flush for a handful).
   Status Drain(uint64_t at_least = 0);
 
   uint64_t drain_bytes() const { return drain_bytes_; }
@@ -134,6 +147,8 @@ class DeferredWrites {
 
   BlockDevice* const dev_;
   const uint64_t drain_bytes_;
+  const uint64_t journal_offset_;
+  const uint64_t journal_bytes_;
 
   // Buffers of released entries, for reuse: a fresh one costs an
   // allocation (an mmap for 128 KiB) and zero-filling.  free_[i] holds

@@ -349,7 +349,12 @@ struct FileDevice::Impl {
     return Status::OK();
   }
 
-  Status Sync() {
+  // fdatasync of [offset, offset+len), or of the whole file when len is 0:
+  // the kernel writes back only the range's dirty pages, then flushes the
+  // device's cache (vfs_fsync_range).
+  Status Sync(uint64_t offset = 0, uint64_t len = 0) {
+    // The SQE's length is 32 bits; a longer range syncs to the end.
+    if (len > UINT32_MAX) len = 0;
     Ring& ring = ThreadRing();
     for (;;) {
       io_uring_sqe* sqe = ring.NewSqe();
@@ -358,6 +363,8 @@ struct FileDevice::Impl {
         return Status::IOError("io_uring submission queue is unexpectedly full");
       }
       io_uring_prep_fsync(sqe, fd.get(), IORING_FSYNC_DATASYNC);
+      sqe->off = offset;
+      sqe->len = static_cast<uint32_t>(len);
       const int res = ring.Run();
       if (res == -EINTR || res == -EAGAIN) continue;
       if (res < 0) return Status::FromErrno(-res, "flushing " + path);
@@ -521,6 +528,12 @@ Status FileDevice::Write(uint64_t offset, const void* buf, size_t len, bool fua)
 }
 
 Status FileDevice::Flush() { return impl_->Sync(); }
+
+Status FileDevice::FlushRange(uint64_t offset, uint64_t len) {
+  INSITU_RETURN_IF_ERROR(CheckRange(offset, len));
+  if (len == 0) return Status::OK();
+  return impl_->Sync(offset, len);
+}
 
 Status FileDevice::Discard(uint64_t offset, uint64_t len) {
   if (impl_->read_only) return impl_->ReadOnlyError(len, offset);

@@ -16,7 +16,9 @@
 // shows the mapping, so a reader can use page-cache bytes without a copy.
 //
 // FUA writes carry RWF_DSYNC; Flush() is an fdatasync (IORING_OP_FSYNC with
-// IORING_FSYNC_DATASYNC).  Buffered (page cache) writes use pwritev2 on the
+// IORING_FSYNC_DATASYNC), and FlushRange() the same limited to the range
+// (the SQE's offset and length), which writes back only that range's dirty
+// pages before the device flush.  Buffered (page cache) writes use pwritev2 on the
 // calling thread: io_uring would hand each to a kernel worker thread.
 //
 // Discard(): a file gets FALLOC_FL_PUNCH_HOLE (the space really returns to
@@ -74,6 +76,7 @@ class FileDevice : public BlockDevice {
   Status Read(uint64_t offset, void* buf, size_t len) override;
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override;
   Status Flush() override;
+  Status FlushRange(uint64_t offset, uint64_t len) override;
   Status Discard(uint64_t offset, uint64_t len) override;
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override;
   // A buffered (page cache) device is mapped read-only at Open(), and

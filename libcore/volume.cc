@@ -47,7 +47,7 @@ InsituVolume::Impl::Impl(std::unique_ptr<BlockDevice> d, const format::Superbloc
       codec(std::move(c)),
       meta(dev.get(), sb),
       journal(dev.get(), sb),
-      deferred(dev.get(), DeferredDrainBytes(s)),
+      deferred(dev.get(), DeferredDrainBytes(s), s.journal_offset, s.journal_bytes),
       read_only(opts.read_only),
       back_payloads((sb.incompat & format::kIncompatBackPayloads) != 0),
       patched_blocks((sb.incompat & format::kIncompatPatchedBlocks) != 0),

@@ -117,21 +117,44 @@ class Replay {
     return units;
   }
 
+  // The index of the first FlushRange among `ranges` (ascending log
+  // indexes) that follows entry i and makes it durable, or
+  // CrashImage::kNone.
+  size_t CoveredAt(size_t i, const std::vector<size_t>& ranges) const {
+    const LogEntry& e = log_[i];
+    if (e.kind != LogEntry::Kind::kWrite) return CrashImage::kNone;
+    for (auto f = std::upper_bound(ranges.begin(), ranges.end(), i); f != ranges.end(); ++f) {
+      const LogEntry& r = log_[*f];
+      if (r.offset <= e.offset && e.offset + e.length <= r.offset + r.length) return *f;
+    }
+    return CrashImage::kNone;
+  }
+
   bool Epoch(size_t start, size_t end) {
-    std::vector<size_t> data;  // the epoch's data-changing entries
+    std::vector<size_t> data;    // the epoch's data-changing entries
+    std::vector<size_t> ranges;  // and its FlushRanges
     for (size_t i = start; i < end; ++i) {
       if (log_[i].ChangesData()) data.push_back(i);
+      if (log_[i].kind == LogEntry::Kind::kFlushRange) ranges.push_back(i);
     }
     if (data.empty()) return true;
+    // Entry data[k] is durable in any image whose position is past
+    // covered[k]: an acknowledged FUA entry at once, others once a
+    // FlushRange covered them.
+    std::vector<size_t> covered;
+    for (size_t i : data) covered.push_back(log_[i].fua ? i : CoveredAt(i, ranges));
+    auto durable = [&](size_t k, size_t position) {
+      return covered[k] != CrashImage::kNone && covered[k] < position;
+    };
 
     if (opts_.drop_each) {
-      for (size_t d : data) {
-        if (log_[d].fua) continue;  // acknowledged FUA: durable
+      for (size_t k = 0; k < data.size(); ++k) {
+        if (durable(k, end)) continue;
         CrashImage img;
         img.kind = CrashImage::Kind::kDropOne;
         img.position = end;
         img.epoch_start = start;
-        img.dropped = {d};
+        img.dropped = {data[k]};
         if (!VisitVariant(data, img)) return false;
       }
     }
@@ -143,18 +166,19 @@ class Replay {
       img.kind = CrashImage::Kind::kSubset;
       img.position = SkipMarks(upto.back() + 1);
       img.epoch_start = start;
-      for (size_t i : upto) {
-        if (!log_[i].fua && rng_() % 2) img.dropped.push_back(i);
+      for (size_t j = 0; j < upto.size(); ++j) {
+        if (!durable(j, img.position) && rng_() % 2) img.dropped.push_back(upto[j]);
       }
       if (!VisitVariant(upto, img)) return false;
     }
 
-    std::vector<size_t> tearable;
-    for (size_t i : data) {
-      if (SectorUnits(log_[i]) >= 2) tearable.push_back(i);
+    std::vector<size_t> tearable;  // indexes into data
+    for (size_t k = 0; k < data.size(); ++k) {
+      if (SectorUnits(log_[data[k]]) >= 2) tearable.push_back(k);
     }
     for (uint32_t r = 0; r < opts_.torn_per_epoch && !tearable.empty(); ++r) {
-      const size_t t = tearable[rng_() % tearable.size()];
+      const size_t k = tearable[rng_() % tearable.size()];
+      const size_t t = data[k];
       const LogEntry& e = log_[t];
       CrashImage img;
       img.kind = CrashImage::Kind::kTorn;
@@ -162,9 +186,10 @@ class Replay {
       img.torn = t;
       img.torn_units = PickUnits(SectorUnits(e));
       std::vector<size_t> applied;
-      // A FUA entry can only be torn while in flight; a completed plain
-      // write may also be torn in the cache while later ones persist.
-      if (e.fua || rng_() % 2) {
+      // A FUA entry, or one a FlushRange makes durable, can only be torn
+      // while in flight; a completed plain write may also be torn in the
+      // cache while later ones persist.
+      if (durable(k, end) || rng_() % 2) {
         // In flight: nothing after it had been issued.  A FUA entry's own
         // completion mark must not be passed.
         img.position = e.fua ? t + 1 : SkipMarks(t + 1);
@@ -172,8 +197,15 @@ class Replay {
           if (i <= t) applied.push_back(i);
         }
       } else {
+        // Torn in the cache: in every other such image, the other entries
+        // that are not yet durable persisted only in part too (a record
+        // lost while the overwrite it protects tore).
         img.position = end;
         applied = data;
+        const bool drop_others = rng_() % 2;
+        for (size_t j = 0; drop_others && j < data.size(); ++j) {
+          if (j != k && !durable(j, end) && rng_() % 2) img.dropped.push_back(data[j]);
+        }
       }
       if (!VisitVariant(applied, img)) return false;
     }

@@ -5,6 +5,11 @@
 // The model of the device (the BlockDevice contract):
 //  - A Flush makes every mutation acknowledged before it durable, so every
 //    image at or after a completed flush holds all entries before it.
+//  - A FlushRange makes durable the writes acknowledged before it that lie
+//    wholly inside its range: images after it hold them.  Everything else
+//    stays as undecided as before it (a write only partly inside the range,
+//    discards and write-zeroes, which the model does not tie to a range),
+//    and no epoch ends there.
 //  - Between flushes ("an epoch") the device may have persisted any subset
 //    of the acknowledged mutations, except that a FUA write or FUA
 //    write-zeroes is durable once acknowledged.  The entry issued last may
@@ -22,8 +27,9 @@
 // next): the image after each data-changing entry (a prefix); at the end of
 // the epoch, the epoch with each non-durable entry dropped in turn; random
 // subsets at random points; torn variants (one entry partly applied, either
-// the one in flight or a completed non-FUA one with everything else of the
-// epoch applied); and the image at each completed flush.
+// the one in flight or a completed non-durable one with everything else of
+// the epoch applied, or with a random subset of the other non-durable
+// entries dropped); and the image at each completed flush.
 //
 // A CrashImage's `position` says how far the log had got: entries
 // [0, position) had been issued, and every mark among them had happened, so

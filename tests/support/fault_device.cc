@@ -149,6 +149,12 @@ Status FaultDevice::Flush() {
   return target_->Flush();
 }
 
+Status FaultDevice::FlushRange(uint64_t offset, uint64_t len) {
+  const Decision d = Decide(FaultOp::kFlush, 0);
+  if (d.err != 0) return Fail(d, FaultOp::kFlush, offset, len);
+  return target_->FlushRange(offset, len);
+}
+
 Status FaultDevice::Discard(uint64_t offset, uint64_t len) {
   const Decision d = Decide(FaultOp::kDiscard, 0);
   if (d.err != 0) return Fail(d, FaultOp::kDiscard, offset, len);

@@ -42,6 +42,7 @@ class FaultDevice : public BlockDevice {
   Status Read(uint64_t offset, void* buf, size_t len) override;
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override;
   Status Flush() override;
+  Status FlushRange(uint64_t offset, uint64_t len) override;  // a kFlush call
   Status Discard(uint64_t offset, uint64_t len) override;
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override;
   Status GetAllocation(uint64_t offset, uint64_t len, std::vector<AllocationRun>* runs) override;

@@ -12,6 +12,8 @@ std::string LogEntry::Describe() const {
       return "write " + range + (fua ? " fua" : "");
     case Kind::kFlush:
       return "flush";
+    case Kind::kFlushRange:
+      return "flush " + range;
     case Kind::kDiscard:
       return "discard " + range;
     case Kind::kWriteZeroes:
@@ -34,50 +36,50 @@ Status LogWritesDevice::Read(uint64_t offset, void* buf, size_t len) {
   return target_->Read(offset, buf, len);
 }
 
-Status LogWritesDevice::Write(uint64_t offset, const void* buf, size_t len, bool fua) {
-  std::lock_guard<std::mutex> lock(mu_);
-  INSITU_RETURN_IF_ERROR(target_->Write(offset, buf, len, fua));
+namespace {
+
+LogEntry Entry(LogEntry::Kind kind, uint64_t offset = 0, uint64_t length = 0, bool fua = false) {
   LogEntry e;
-  e.kind = LogEntry::Kind::kWrite;
+  e.kind = kind;
   e.offset = offset;
-  e.length = len;
+  e.length = length;
   e.fua = fua;
-  const auto* p = static_cast<const uint8_t*>(buf);
-  e.data.assign(p, p + len);
+  return e;
+}
+
+}  // namespace
+
+Status LogWritesDevice::Forward(LogEntry e, const std::function<Status()>& forward) {
+  std::lock_guard<std::mutex> lock(mu_);
+  INSITU_RETURN_IF_ERROR(forward());
   log_.push_back(std::move(e));
   return Status::OK();
+}
+
+Status LogWritesDevice::Write(uint64_t offset, const void* buf, size_t len, bool fua) {
+  LogEntry e = Entry(LogEntry::Kind::kWrite, offset, len, fua);
+  const auto* p = static_cast<const uint8_t*>(buf);
+  e.data.assign(p, p + len);
+  return Forward(std::move(e), [&] { return target_->Write(offset, buf, len, fua); });
 }
 
 Status LogWritesDevice::Flush() {
-  std::lock_guard<std::mutex> lock(mu_);
-  INSITU_RETURN_IF_ERROR(target_->Flush());
-  LogEntry e;
-  e.kind = LogEntry::Kind::kFlush;
-  log_.push_back(std::move(e));
-  return Status::OK();
+  return Forward(Entry(LogEntry::Kind::kFlush), [&] { return target_->Flush(); });
+}
+
+Status LogWritesDevice::FlushRange(uint64_t offset, uint64_t len) {
+  return Forward(Entry(LogEntry::Kind::kFlushRange, offset, len),
+                 [&] { return target_->FlushRange(offset, len); });
 }
 
 Status LogWritesDevice::Discard(uint64_t offset, uint64_t len) {
-  std::lock_guard<std::mutex> lock(mu_);
-  INSITU_RETURN_IF_ERROR(target_->Discard(offset, len));
-  LogEntry e;
-  e.kind = LogEntry::Kind::kDiscard;
-  e.offset = offset;
-  e.length = len;
-  log_.push_back(std::move(e));
-  return Status::OK();
+  return Forward(Entry(LogEntry::Kind::kDiscard, offset, len),
+                 [&] { return target_->Discard(offset, len); });
 }
 
 Status LogWritesDevice::WriteZeroes(uint64_t offset, uint64_t len, bool fua) {
-  std::lock_guard<std::mutex> lock(mu_);
-  INSITU_RETURN_IF_ERROR(target_->WriteZeroes(offset, len, fua));
-  LogEntry e;
-  e.kind = LogEntry::Kind::kWriteZeroes;
-  e.offset = offset;
-  e.length = len;
-  e.fua = fua;
-  log_.push_back(std::move(e));
-  return Status::OK();
+  return Forward(Entry(LogEntry::Kind::kWriteZeroes, offset, len, fua),
+                 [&] { return target_->WriteZeroes(offset, len, fua); });
 }
 
 Status LogWritesDevice::GetAllocation(uint64_t offset, uint64_t len,

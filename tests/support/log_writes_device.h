@@ -3,7 +3,8 @@
 //
 // It forwards every call to a device it does not own and appends each
 // mutation that the target acknowledged to an in-memory log: Write (offset,
-// bytes, FUA), Flush, Discard and WriteZeroes (offset, length, FUA).  The
+// bytes, FUA), Flush, FlushRange, Discard and WriteZeroes (offset, length,
+// FUA).  The
 // workload driver adds marks ("client write #k completed") so that a replay
 // can tell which client operations had completed at any point of the log.
 // CrashReplayer (crash_replayer.h) turns the log into crash images.
@@ -23,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -32,10 +34,10 @@
 namespace insitu::testing {
 
 struct LogEntry {
-  enum class Kind : uint8_t { kWrite, kFlush, kDiscard, kWriteZeroes, kMark };
+  enum class Kind : uint8_t { kWrite, kFlush, kFlushRange, kDiscard, kWriteZeroes, kMark };
   Kind kind = Kind::kWrite;
-  uint64_t offset = 0;        // kWrite, kDiscard, kWriteZeroes
-  uint64_t length = 0;        // bytes affected (data.size() for kWrite)
+  uint64_t offset = 0;        // kWrite, kFlushRange, kDiscard, kWriteZeroes
+  uint64_t length = 0;        // bytes affected or flushed (data.size() for kWrite)
   bool fua = false;           // kWrite, kWriteZeroes
   std::vector<uint8_t> data;  // kWrite: the bytes written
   uint64_t tag = 0;           // kMark: the driver's number for the event
@@ -46,7 +48,8 @@ struct LogEntry {
   bool ChangesData() const {
     return kind == Kind::kWrite || kind == Kind::kDiscard || kind == Kind::kWriteZeroes;
   }
-  // "write 4096+8192 fua", "flush", "mark 7 (client write completed)".
+  // "write 4096+8192 fua", "flush", "flush 4096+8192", "mark 7 (client
+  // write completed)".
   std::string Describe() const;
 };
 
@@ -58,6 +61,7 @@ class LogWritesDevice : public BlockDevice {
   Status Read(uint64_t offset, void* buf, size_t len) override;
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override;
   Status Flush() override;
+  Status FlushRange(uint64_t offset, uint64_t len) override;
   Status Discard(uint64_t offset, uint64_t len) override;
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override;
   Status GetAllocation(uint64_t offset, uint64_t len, std::vector<AllocationRun>* runs) override;
@@ -73,6 +77,9 @@ class LogWritesDevice : public BlockDevice {
   std::vector<LogEntry> Entries() const;
 
  private:
+  // Runs forward() under the lock and, if it succeeded, appends e.
+  Status Forward(LogEntry e, const std::function<Status()>& forward);
+
   BlockDevice* const target_;
   mutable std::mutex mu_;  // serializes record+forward of mutations; guards log_
   std::vector<LogEntry> log_;

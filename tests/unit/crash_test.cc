@@ -75,9 +75,10 @@ uint64_t HashBlock(const uint8_t* p) {
 // check.
 constexpr uint64_t kDeviceBytes = 4 << 20;
 
-// Forwards to a device it does not own, and can hold one Flush or fail one
-// write: Arm() makes the next Flush wait, before it reaches the target,
-// until Release(), so a test can stop a commit or a drain at its flush
+// Forwards to a device it does not own, and can hold one flush or fail one
+// write: Arm() makes the next Flush or FlushRange wait, before it reaches
+// the target, until Release(), so a test can stop a commit or a drain at
+// its flush
 // while other threads run and build interleavings one thread never
 // reaches; FailWriteAt() makes the next write over one byte fail without
 // reaching the target, whichever thread issues it.  Thread-safe.
@@ -85,16 +86,12 @@ class GateDevice : public BorrowedDevice {
  public:
   using BorrowedDevice::BorrowedDevice;
   Status Flush() override {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      if (armed_) {
-        armed_ = false;
-        held_ = true;
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return !held_; });
-      }
-    }
+    HoldIfArmed();
     return BorrowedDevice::Flush();
+  }
+  Status FlushRange(uint64_t offset, uint64_t len) override {
+    HoldIfArmed();
+    return BorrowedDevice::FlushRange(offset, len);
   }
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
     {
@@ -133,6 +130,16 @@ class GateDevice : public BorrowedDevice {
   }
 
  private:
+  // Waits in the flush until Release() when armed, disarming.
+  void HoldIfArmed() {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!armed_) return;
+    armed_ = false;
+    held_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !held_; });
+  }
+
   std::mutex mu_;  // guards the fields below
   std::condition_variable cv_;
   bool armed_ = false;
@@ -621,7 +628,8 @@ TEST_P(CrashRewrites, RewritesBeforeTheDrainKeepTheRules) {
   h.Close();
   ASSERT_FALSE(::testing::Test::HasFatalFailure());
   for (size_t i = cut_done; i < before_flush.size(); ++i) {
-    EXPECT_NE(before_flush[i].kind, LogEntry::Kind::kFlush) << "a drain at entry " << i;
+    EXPECT_NE(before_flush[i].kind, LogEntry::Kind::kFlush) << "a flush at entry " << i;
+    EXPECT_NE(before_flush[i].kind, LogEntry::Kind::kFlushRange) << "a drain at entry " << i;
   }
   ExpectEveryCrashPointKeepsTheRules(h, 5, 100);
 }
@@ -845,10 +853,12 @@ TEST(LogWritesDevice, RecordsMutationsInOrderButNotReads) {
   ASSERT_TRUE(dev.Discard(8192, 4096).ok());
   ASSERT_TRUE(dev.WriteZeroes(512, 1024, true).ok());
   ASSERT_TRUE(dev.Write(0, data.data(), 10, true).ok());
+  ASSERT_TRUE(dev.FlushRange(4096, 8192).ok());
   EXPECT_FALSE(dev.Write(mem.Size(), data.data(), 10, false).ok());  // failed: not logged
+  EXPECT_FALSE(dev.FlushRange(mem.Size() - 10, 11).ok());
 
   const std::vector<LogEntry> log = dev.Entries();
-  ASSERT_EQ(log.size(), 6u);
+  ASSERT_EQ(log.size(), 7u);
   EXPECT_EQ(log[0].Describe(), "write 4096+1000");
   EXPECT_TRUE(log[0].data == data);
   EXPECT_EQ(log[1].Describe(), "mark 0 (client write 0)");
@@ -856,6 +866,8 @@ TEST(LogWritesDevice, RecordsMutationsInOrderButNotReads) {
   EXPECT_EQ(log[3].Describe(), "discard 8192+4096");
   EXPECT_EQ(log[4].Describe(), "write-zeroes 512+1024 fua");
   EXPECT_EQ(log[5].Describe(), "write 0+10 fua");
+  EXPECT_EQ(log[6].Describe(), "flush 4096+8192");
+  EXPECT_FALSE(log[6].ChangesData());
   EXPECT_FALSE(log[1].ChangesData());
   EXPECT_FALSE(log[2].ChangesData());
   EXPECT_TRUE(log[3].ChangesData());
@@ -898,15 +910,15 @@ TEST(LogWritesDevice, ConcurrentWritersReplayToTheFinalContents) {
 // ---- the replayer ----------------------------------------------------------
 
 // A log from random writes, write-zeroes, discards, FUA writes and flushes
-// over a small MemDevice; `at_flush` gets the device contents after each
-// flush.
+// (and, with flush_ranges, FlushRanges of up to 32 KiB) over a small
+// MemDevice; `at_flush` gets the device contents after each flush.
 struct RecordedRun {
   std::vector<uint8_t> initial;
   std::vector<LogEntry> log;
   std::vector<std::vector<uint8_t>> at_flush;
 };
 
-RecordedRun Record(uint64_t seed, int ops) {
+RecordedRun Record(uint64_t seed, int ops, bool flush_ranges = false) {
   constexpr uint64_t kSize = 64 * 1024;
   MemDevice mem(kSize);
   std::mt19937_64 rng(seed);
@@ -929,6 +941,9 @@ RecordedRun Record(uint64_t seed, int ops) {
     } else if (kind < 8) {
       EXPECT_TRUE(dev.Flush().ok());
       run.at_flush.push_back(mem.contents());
+    } else if (kind < 9 && flush_ranges) {
+      const uint64_t range = 1 + rng() % 32768, at = rng() % (kSize - range + 1);
+      EXPECT_TRUE(dev.FlushRange(at, range).ok());
     } else {
       dev.Mark(static_cast<uint64_t>(i), "op");
     }
@@ -1051,6 +1066,49 @@ TEST(CrashReplayer, FuaWritesAreInEveryImageAfterTheyComplete) {
                   return true;
                 });
   EXPECT_GT(checked, 100u);
+}
+
+// A write wholly inside a FlushRange that completed is in every image
+// after it, never dropped or torn; a write the range does not wholly
+// cover stays as droppable as before.  Images are still what they say.
+TEST(CrashReplayer, FlushRangeMakesOnlyTheWritesInsideItDurable) {
+  const RecordedRun run = Record(6, 400, true);
+  auto covered = [&](size_t i, size_t position) {
+    const LogEntry& e = run.log[i];
+    if (e.kind != LogEntry::Kind::kWrite) return false;
+    for (size_t f = i + 1; f < position; ++f) {
+      const LogEntry& r = run.log[f];
+      if (r.kind == LogEntry::Kind::kFlush) return false;  // another epoch
+      if (r.kind == LogEntry::Kind::kFlushRange && r.offset <= e.offset &&
+          e.offset + e.length <= r.offset + r.length) {
+        return true;
+      }
+    }
+    return false;
+  };
+  size_t kept = 0, dropped_before_a_range = 0;
+  ReplayCrashes(run.initial, run.log, ReplayOptions{},
+                [&](const CrashImage& img, const std::vector<uint8_t>& image) {
+                  EXPECT_TRUE(image == Rebuild(run, img)) << img.Describe(run.log);
+                  for (size_t i = img.epoch_start; i < img.position; ++i) {
+                    if (!covered(i, img.position)) continue;
+                    ++kept;
+                    EXPECT_EQ(std::count(img.dropped.begin(), img.dropped.end(), i), 0)
+                        << img.Describe(run.log);
+                    EXPECT_NE(img.torn, i) << img.Describe(run.log);
+                  }
+                  for (size_t d : img.dropped) {
+                    for (size_t f = d + 1; f < img.position; ++f) {
+                      if (run.log[f].kind == LogEntry::Kind::kFlushRange) {
+                        ++dropped_before_a_range;
+                        break;
+                      }
+                    }
+                  }
+                  return !::testing::Test::HasFailure();
+                });
+  EXPECT_GT(kept, 100u);
+  EXPECT_GT(dropped_before_a_range, 100u);
 }
 
 TEST(CrashReplayer, SameSeedSameImagesAndVisitorCanStop) {

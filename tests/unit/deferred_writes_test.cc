@@ -44,7 +44,7 @@ std::vector<uint8_t> DeviceBytes(BlockDevice* dev, uint64_t off, size_t len) {
 
 TEST(DeferredWrites, QueuedBytesReadBackLaterEntriesWinAndTheDeviceIsUntouched) {
   MemDevice mem(1 << 20);
-  DeferredWrites q(&mem, 1 << 20);
+  DeferredWrites q(&mem, 1 << 20, 0, 4096);
   EXPECT_TRUE(q.empty());
   q.Add(4096, Bytes(8192, 1).data(), 8192, WriteEpoch{});  // [4096, 12288)
   q.Add(8192, Bytes(512, 2).data(), 512, WriteEpoch{});    // inside the first
@@ -69,7 +69,7 @@ TEST(DeferredWrites, QueuedBytesReadBackLaterEntriesWinAndTheDeviceIsUntouched) 
 
 TEST(DeferredWrites, ForEachQueuedReportsOverlappingWritesWithTheirEpochs) {
   MemDevice mem(1 << 20);
-  DeferredWrites q(&mem, 1 << 20);
+  DeferredWrites q(&mem, 1 << 20, 0, 4096);
   q.Add(4096, Bytes(8192, 1).data(), 8192, WriteEpoch{7, 0});  // [4096, 12288)
   q.Add(8192, Bytes(512, 2).data(), 512, WriteEpoch{7, 8});    // [8192, 8704)
   q.Add(0, Bytes(5120, 3).data(), 5120, WriteEpoch{6, 7});     // [0, 5120)
@@ -91,10 +91,10 @@ TEST(DeferredWrites, ForEachQueuedReportsOverlappingWritesWithTheirEpochs) {
   EXPECT_TRUE(seen.empty());
 }
 
-TEST(DeferredWrites, DrainFlushesBeforeWritingInQueueOrder) {
+TEST(DeferredWrites, DrainFlushesTheJournalBeforeWritingInQueueOrder) {
   MemDevice mem(1 << 20);
   LogWritesDevice log(&mem);
-  DeferredWrites q(&log, 10000);
+  DeferredWrites q(&log, 10000, 4 << 16, 1 << 16);
   q.Add(0, Bytes(4096, 1).data(), 4096, WriteEpoch{});
   EXPECT_FALSE(q.ShouldDrain());
   q.Add(2048, Bytes(4096, 2).data(), 4096, WriteEpoch{});
@@ -106,7 +106,7 @@ TEST(DeferredWrites, DrainFlushesBeforeWritingInQueueOrder) {
 
   const std::vector<LogEntry> entries = log.Entries();
   ASSERT_EQ(entries.size(), 4u);
-  EXPECT_EQ(entries[0].kind, LogEntry::Kind::kFlush);
+  EXPECT_EQ(entries[0].Describe(), "flush 262144+65536");
   EXPECT_EQ(entries[1].offset, 0u);
   EXPECT_EQ(entries[2].offset, 2048u);
   EXPECT_EQ(entries[3].offset, 65536u);
@@ -124,7 +124,7 @@ TEST(DeferredWrites, DrainFlushesBeforeWritingInQueueOrder) {
 TEST(DeferredWrites, DrainAtLeastSkipsWhatAnotherDrainTook) {
   MemDevice mem(1 << 20);
   LogWritesDevice log(&mem);
-  DeferredWrites q(&log, 8192);
+  DeferredWrites q(&log, 8192, 0, 4096);
   q.Add(0, Bytes(8192, 1).data(), 8192, WriteEpoch{});
   EXPECT_TRUE(q.ShouldDrain());
   EXPECT_FALSE(q.MustDrain());
@@ -151,7 +151,7 @@ TEST(DeferredWrites, DrainAtLeastSkipsWhatAnotherDrainTook) {
 TEST(DeferredWrites, FailedDrainKeepsEveryEntryReadable) {
   MemDevice mem(1 << 20);
   FaultDevice fault(&mem);
-  DeferredWrites q(&fault, 1 << 20);
+  DeferredWrites q(&fault, 1 << 20, 0, 4096);
   q.Add(0, Bytes(4096, 7).data(), 4096, WriteEpoch{});
   q.Add(8192, Bytes(4096, 8).data(), 4096, WriteEpoch{});
 
@@ -181,7 +181,7 @@ TEST(DeferredWrites, FailedDrainKeepsEveryEntryReadable) {
 // are on the device).
 TEST(DeferredWrites, ConcurrentReadsDuringDrainsNeverGoBack) {
   SlowReadDevice mem(1 << 20);
-  DeferredWrites q(&mem, 64 * 1024);
+  DeferredWrites q(&mem, 64 * 1024, 0, 4096);
   std::atomic<uint32_t> queued{0};
   std::atomic<bool> stop{false}, failed{false};
   std::vector<std::thread> readers;

@@ -164,6 +164,10 @@ TEST_P(FileDeviceTest, FlushAndFuaWritesSucceed) {
   ASSERT_TRUE(dev->Write(100, block.data(), 10, true).ok());
   ASSERT_TRUE(dev->Write(0, block.data(), 0, true).ok());
   ASSERT_TRUE(dev->Flush().ok());
+  ASSERT_TRUE(dev->Write(65536, block.data(), 4096, false).ok());
+  ASSERT_TRUE(dev->FlushRange(65536, 4096).ok());
+  ASSERT_TRUE(dev->FlushRange(0, 1 << 20).ok());
+  ASSERT_TRUE(dev->FlushRange(1 << 20, 0).ok());
   std::vector<uint8_t> got;
   ASSERT_TRUE(ReadShifted(dev.get(), 8192, 4096, 0, &got).ok());
   EXPECT_EQ(got, std::vector<uint8_t>(4096, 0x5A));
@@ -272,6 +276,7 @@ TEST_P(FileDeviceTest, RejectsRangesPastTheEnd) {
   EXPECT_EQ(dev->Write(UINT64_MAX - 10, buf.data(), 100, false).code(), Status::Code::kOutOfRange);
   EXPECT_EQ(dev->Discard(0, 65537).code(), Status::Code::kOutOfRange);
   EXPECT_EQ(dev->WriteZeroes(65535, 2, false).code(), Status::Code::kOutOfRange);
+  EXPECT_EQ(dev->FlushRange(65535, 2).code(), Status::Code::kOutOfRange);
   EXPECT_EQ(dev->GetAllocation(1, 65536, &runs).code(), Status::Code::kOutOfRange);
   EXPECT_TRUE(dev->Read(65536, buf.data(), 0).ok());
 }

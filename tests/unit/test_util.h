@@ -55,6 +55,9 @@ class BorrowedDevice : public BlockDevice {
     return target_->Write(offset, buf, len, fua);
   }
   Status Flush() override { return target_->Flush(); }
+  Status FlushRange(uint64_t offset, uint64_t len) override {
+    return target_->FlushRange(offset, len);
+  }
   Status Discard(uint64_t offset, uint64_t len) override { return target_->Discard(offset, len); }
   Status WriteZeroes(uint64_t offset, uint64_t len, bool fua) override {
     return target_->WriteZeroes(offset, len, fua);

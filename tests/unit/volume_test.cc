@@ -45,6 +45,10 @@ class CountingDevice : public BorrowedDevice {
     ++flushes;
     return BorrowedDevice::Flush();
   }
+  Status FlushRange(uint64_t offset, uint64_t len) override {
+    ++flushes;
+    return BorrowedDevice::FlushRange(offset, len);
+  }
   Status Write(uint64_t offset, const void* buf, size_t len, bool fua) override {
     if (offset >= data_offset) {
       data_written += len;
