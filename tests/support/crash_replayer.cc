@@ -197,9 +197,9 @@ class Replay {
           if (i <= t) applied.push_back(i);
         }
       } else {
-        // Torn in the cache: in every other such image, the other entries
-        // that are not yet durable persisted only in part too (a record
-        // lost while the overwrite it protects tore).
+        // Torn in the cache.  In half of these images each other entry
+        // not yet durable is also dropped at random: a lost undo record
+        // beside the torn overwrite it protects is one such image.
         img.position = end;
         applied = data;
         const bool drop_others = rng_() % 2;
