@@ -73,6 +73,7 @@ UndoJournal::UndoJournal(BlockDevice* dev, const format::Superblock& sb)
     : dev_(dev),
       data_begin_(sb.data_offset),
       data_end_(sb.data_offset + sb.data_blocks * kBlockSize),
+      meta_pages_(sb.meta_pages),
       journal_offset_(sb.journal_offset),
       header_bytes_(format::kJournalHeaderSlots * kBlockSize),
       ring_bytes_(sb.journal_bytes - format::kJournalHeaderSlots * kBlockSize) {}
@@ -163,6 +164,11 @@ Status UndoJournal::Recover(const std::function<uint64_t(uint64_t)>& page_seq, u
     if (r.data_offset < data_begin_ || r.data_offset > data_end_ - saved) {
       return Status::Corruption("undo record " + std::to_string(r.record_seq) +
                                 " points outside the data area");
+    }
+    if (r.page >= meta_pages_) {
+      return Status::Corruption("undo record " + std::to_string(r.record_seq) +
+                                " names metadata page " + std::to_string(r.page) + " of " +
+                                std::to_string(meta_pages_));
     }
     if (r.record_seq >= min_record_seq) {
       const uint64_t on_disk = page_seq(r.page);

@@ -83,6 +83,7 @@ class UndoJournal {
   BlockDevice* dev_;
   uint64_t data_begin_;  // records may only restore bytes inside [data_begin_, data_end_)
   uint64_t data_end_;
+  uint64_t meta_pages_;  // records name pages [0, meta_pages_)
   uint64_t journal_offset_;
   uint64_t header_bytes_;
   uint64_t ring_bytes_;
